@@ -1,0 +1,1 @@
+"""pitstop.daemon: the node agent (sources, policy, health state, actions, publishing)."""

@@ -1,0 +1,1 @@
+"""pitstop.hooks: Slurm Prolog/Epilog/HealthCheckProgram entry points and deep health checks."""

@@ -1,0 +1,1 @@
+"""pitstop.recipes: the recipe collection, composition, the sbatch launcher and the training runtime."""
