@@ -79,6 +79,10 @@ class Layout:
         return self.run_dir / f"slurmd-{node}.pid"
 
     @property
+    def reboot_program(self) -> Path:
+        return self.dir / "bin" / "reboot"
+
+    @property
     def kmsg_dir(self) -> Path:
         return self.dir / "kmsg"
 
@@ -182,7 +186,7 @@ def render_slurm_conf(layout: Layout) -> str:
         "SlurmdParameters=config_overrides",
         "ReturnToService=2",
         "JobRequeue=1",
-        "RebootProgram=/bin/true",
+        f"RebootProgram={layout.reboot_program}",
         "GresTypes=gpu",
         "MpiDefault=none",
         f"StateSaveLocation={d / 'state'}",
