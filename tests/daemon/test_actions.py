@@ -1,0 +1,98 @@
+"""The agent's actions against the real testbed: fences, requeues, resumes, the breaker."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from pitstop.daemon.actions import NodeActions, breaker_view
+from pitstop.model import Node
+
+pytestmark = pytest.mark.slurm
+
+
+def _job(slurm, testbed, *args: str, name: str = "victim") -> str:
+    script = Path(testbed.layout.jobs_dir) / f"{name}.sh"
+    script.write_text("#!/bin/bash\nsrun sleep 300\n")
+    return slurm.submit(script, ["-J", name, "-o", str(testbed.layout.jobs_dir / "%x-%j.out"), *args],
+                        cwd=testbed.layout.jobs_dir)
+
+
+def test_drain_fence_requeues_the_job_elsewhere(slurm, testbed):
+    job_id = _job(slurm, testbed, "-N1", "-w", "node2", "--requeue")
+    slurm.wait_for(lambda s: s.job(job_id).running, 20, what="job to run")
+    outcomes = NodeActions(slurm, "node2", settle_s=0.2).fence("drain", "pitstop: xid 48 gpu0 DBE")
+    assert [o.action for o in outcomes] == ["drain", "requeue"] and all(o.ok for o in outcomes)
+    node = slurm.node("node2")
+    assert node.drained and node.reason == "pitstop: xid 48 gpu0 DBE"
+    # -w node2 pins the job to node2, so it waits for it; what matters is that it was requeued.
+    job = slurm.wait_for(lambda s: (j := s.job(job_id)) and j.restart_count == 1 and j, 20,
+                         what="job to be requeued")
+    assert job.restart_count == 1
+
+
+def test_no_requeue_job_is_left_running(slurm, testbed):
+    job_id = _job(slurm, testbed, "-N1", "-w", "node3", "--no-requeue", name="norequeue")
+    slurm.wait_for(lambda s: s.job(job_id).running, 20, what="job to run")
+    outcomes = NodeActions(slurm, "node3", settle_s=0.2).fence("drain", "pitstop: test")
+    assert [o.action for o in outcomes] == ["drain"]
+    assert slurm.job(job_id).running and slurm.job(job_id).restart_count == 0
+
+
+def test_operator_drain_is_never_touched(slurm):
+    slurm.drain("node1", "operator: replacing a fan")
+    actions = NodeActions(slurm, "node1", settle_s=0.2)
+    (outcome,) = actions.fence("reboot", "pitstop: xid 79 gpu0 fallen off the bus")
+    assert not outcome.ok and "operator" in outcome.detail
+    assert actions.resume_if_ours().ok is False
+    node = slurm.node("node1")
+    assert node.drained and node.reason == "operator: replacing a fan"
+
+
+def test_resume_only_pitstop_reasons(slurm):
+    actions = NodeActions(slurm, "node4", settle_s=0.2)
+    actions.fence("drain", "pitstop: test resume")
+    assert actions.resume_if_ours().ok
+    assert slurm.wait_for(lambda s: s.node("node4").available, 10, what="node4 resumed")
+    assert actions.resume_if_ours() is None
+
+
+def test_dry_run_decides_and_touches_nothing(slurm, testbed):
+    job_id = _job(slurm, testbed, "-N1", "-w", "node1", "--requeue", name="dry")
+    slurm.wait_for(lambda s: s.job(job_id).running, 20, what="job to run")
+    outcomes = NodeActions(slurm, "node1", dry_run=True).fence("reboot", "pitstop: dry")
+    assert [o.action for o in outcomes] == ["drain", "requeue", "reboot"]
+    assert all(o.dry_run for o in outcomes)
+    assert slurm.node("node1").available and slurm.job(job_id).restart_count == 0
+
+
+def test_breaker_keeps_the_share_when_every_agent_fences_at_once(slurm):
+    results: dict[str, list] = {}
+
+    def agent(node: str) -> None:
+        results[node] = NodeActions(slurm, node, max_fenced_share=0.5, settle_s=1.5).fence(
+            "drain", f"pitstop: xid 79 gpu0 on {node}")
+
+    threads = [threading.Thread(target=agent, args=(f"node{i}",)) for i in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    fenced = [n.name for n in slurm.nodes() if n.drained]
+    assert len(fenced) == 2
+    tripped = [node for node, outs in results.items() if any(o.action == "breaker" for o in outs)]
+    assert sorted(tripped + fenced) == ["node1", "node2", "node3", "node4"]
+    assert all("blast-radius breaker open" in next(o.detail for o in results[n] if o.action == "breaker")
+               for n in tripped)
+
+
+def test_breaker_view_counts_only_recent_pitstop_fences():
+    now = 10_000.0
+    nodes = [Node("a", "IDLE", ["DRAIN"], reason="pitstop: x", reason_time=now - 10),
+             Node("b", "IDLE", ["DRAIN"], reason="operator: y", reason_time=now - 5),
+             Node("c", "IDLE", ["DRAIN"], reason="pitstop: old", reason_time=now - 7200),
+             Node("d", "IDLE", [], reason=""), Node("e", "DOWN", [], reason="pitstop: z", reason_time=now - 20)]
+    view = breaker_view(nodes, 0.5, 3600, now)
+    assert view.fenced == ["e", "a"] and view.allowed == 2 and not view.open
