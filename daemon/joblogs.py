@@ -1,0 +1,91 @@
+"""The job-log source: tail the output of this node's Slurm jobs for collective failures.
+
+A hung or broken collective is said only in the job's own output: PyTorch's NCCL
+watchdog, the heartbeat monitor, NCCL's InfiniBand errors, gloo's timeouts. Every rank
+prints them, so these findings carry the job id and the policy treats them as the job's
+fault unless a hardware finding of this node falls in the same window.
+
+The lines' shapes are data (data/joblog_patterns.yaml, applied by
+`patterns.PatternSet`). Each job's file is followed by a `tail.LineTailer`: appended
+bytes in chunks, lines cut at a cap (a megabyte progress bar costs one capped line), a
+file that appears after the job starts, or is truncated, is handled. The repeats of one
+(job, code) within `quiet_s` are one finding (`patterns.Coalescer`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from pitstop.daemon.patterns import JOBLOG_PATTERNS, Coalescer, PatternSet, findings_from_lines
+from pitstop.daemon.tail import MAX_LINE_BYTES, LineTailer, TailPosition
+from pitstop.model import Finding
+
+
+@dataclass
+class WatchedJob:
+    job_id: str
+    path: Path
+    tailer: LineTailer
+
+
+class JobLogWatcher:
+    """Follows the output files of the jobs on this node; `poll` gives findings.
+
+    The agent calls `watch` for each job it sees start on the node (Slurm's StdOut and
+    StdErr paths) and `unwatch` when it ends. A file that exists at `watch` is read from
+    its end (lines from before, e.g. of a requeued run appending to the same file, are
+    not this run's), unless `from_start`; a file that appears later is read whole.
+    """
+
+    def __init__(self, node: str, *, patterns: PatternSet | None = None,
+                 quiet_s: float | None = 300.0, max_line: int = MAX_LINE_BYTES) -> None:
+        self.node = node
+        self.patterns = patterns or PatternSet.load(JOBLOG_PATTERNS)
+        self.coalescer = Coalescer(quiet_s=quiet_s)
+        self.max_line = max_line
+        self._jobs: dict[tuple[str, str], WatchedJob] = {}
+
+    def watch(self, job_id: str, path: Path | str, *, from_start: bool = False) -> None:
+        path = Path(path)
+        key = (str(job_id), str(path))
+        if key in self._jobs:
+            return
+        position = TailPosition()
+        if not from_start:
+            try:
+                st = os.stat(path)
+                position = TailPosition(inode=st.st_ino, offset=st.st_size)
+            except FileNotFoundError:
+                pass
+        self._jobs[key] = WatchedJob(str(job_id), path,
+                                     LineTailer(path, position=position, max_line=self.max_line))
+
+    def unwatch(self, job_id: str) -> None:
+        for key in [k for k in self._jobs if k[0] == str(job_id)]:
+            self._jobs.pop(key).tailer.close()
+
+    def close(self) -> None:
+        for job in self._jobs.values():
+            job.tailer.close()
+        self._jobs.clear()
+
+    def jobs(self) -> list[str]:
+        return sorted({job.job_id for job in self._jobs.values()})
+
+    def poll(self, now: float) -> list[Finding]:
+        """The findings in what every watched file gained since the last poll."""
+        found: list[Finding] = []
+        for job in list(self._jobs.values()):
+            found.extend(self.findings(job.job_id, job.tailer.poll(), now))
+        return found
+
+    def findings(self, job_id: str, lines: Iterable[str], now: float) -> list[Finding]:
+        """The pure part: one job's lines in, the findings that start an episode out."""
+        return findings_from_lines(lines, self.patterns, node=self.node, source="joblogs",
+                                   now=now, coalescer=self.coalescer, job_id=str(job_id))
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {f"{job.job_id}:{job.path}": job.tailer.stats.to_dict() for job in self._jobs.values()}

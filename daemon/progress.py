@@ -1,0 +1,125 @@
+"""The progress source: a training step that stops advancing is a hang.
+
+A hung collective waits out NCCL's 10-minute timeout (gloo's 30) on every rank before
+anything says so. The training runtime writes a heartbeat after every step
+(`pitstop.rundir.read_heartbeat`: {"step", "time", "step_time", ...}); this source
+watches it and reports a `step_stall` when the step has not advanced for longer than
+`max(floor_s, k × median of the recent step times)`, once per stalled step. Before any
+step time is known (the first step compiles, loads a checkpoint) the floor alone holds.
+
+`StallDetector.observe(heartbeat, now)` is pure given its own small state: the agent
+reads the heartbeat (the thin I/O edge, `ProgressWatcher`) and passes the time in.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pitstop.model import Finding
+from pitstop.rundir import read_heartbeat
+
+EVIDENCE_CAP = 512
+
+
+def stall_limit(step_times: list[float], k: float, floor_s: float) -> float:
+    """How long a step may take before it counts as stalled."""
+    if not step_times:
+        return floor_s
+    return max(floor_s, k * statistics.median(step_times))
+
+
+@dataclass
+class StallDetector:
+    """Watches one job's heartbeats; `observe` returns a finding when its step stalls."""
+
+    node: str
+    job_id: str
+    k: float = 5.0
+    floor_s: float = 300.0
+    keep_steps: int = 32
+    # When the job started (or the agent began watching it): a heartbeat left over from
+    # before, e.g. by the run before a requeue, does not start the clock earlier.
+    watching_since: float | None = None
+    step_times: deque = field(default_factory=deque)
+    step: int | None = None
+    advanced_at: float | None = None  # when `step` was reached (heartbeat time)
+    reported_step: int | None = None
+
+    def __post_init__(self) -> None:
+        self.step_times = deque(self.step_times, maxlen=self.keep_steps)
+
+    def observe(self, heartbeat: dict[str, Any] | None, now: float) -> list[Finding]:
+        if heartbeat is not None:
+            self._take(heartbeat, now)
+        if self.step is None or self.advanced_at is None or self.reported_step == self.step:
+            return []
+        waited = now - self.advanced_at
+        limit = stall_limit(list(self.step_times), self.k, self.floor_s)
+        if waited <= limit:
+            return []
+        self.reported_step = self.step
+        median = statistics.median(self.step_times) if self.step_times else None
+        basis = (f"{self.k:g} x median step {median:.1f}s" if median is not None
+                 and self.k * median > self.floor_s else f"floor {self.floor_s:g}s")
+        return [Finding(node=self.node, signal="step_stall", code="", device="",
+                        message=f"step {self.step} stalled {waited:.0f}s (limit {limit:.0f}s: {basis})",
+                        evidence=json.dumps(heartbeat, default=str)[:EVIDENCE_CAP] if heartbeat else "",
+                        time=now, source="progress", job_id=self.job_id)]
+
+    def _take(self, heartbeat: dict[str, Any], now: float) -> None:
+        step = _number(heartbeat.get("step"))
+        if step is None:
+            return
+        step = int(step)
+        beat_time = _number(heartbeat.get("time"))
+        reached_at = beat_time if beat_time is not None else now
+        if self.watching_since is not None:
+            reached_at = max(reached_at, self.watching_since)
+        if self.step is None or step < self.step:  # first beat, or a restart from a checkpoint
+            self.step, self.advanced_at = step, reached_at
+            self.reported_step = None
+            return
+        if step == self.step:
+            return
+        reported = _number(heartbeat.get("step_time"))
+        if self.reported_step == self.step:
+            pass  # the stalled step's time would hide the next stall: not a step time
+        elif reported is not None and reported > 0:
+            self.step_times.append(reported)
+        elif self.advanced_at is not None and reached_at > self.advanced_at:
+            self.step_times.append((reached_at - self.advanced_at) / (step - self.step))
+        self.step, self.advanced_at = step, reached_at
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class ProgressWatcher:
+    """The I/O edge: one detector per job, each reading its run directory's heartbeat."""
+
+    def __init__(self, node: str, *, k: float = 5.0, floor_s: float = 300.0,
+                 read: Callable[[Path], dict[str, Any] | None] = read_heartbeat) -> None:
+        self.node, self.k, self.floor_s, self._read = node, k, floor_s, read
+        self._runs: dict[str, tuple[Path, StallDetector]] = {}
+
+    def watch(self, job_id: str, run_dir: Path | str, now: float) -> None:
+        if str(job_id) not in self._runs:
+            self._runs[str(job_id)] = (Path(run_dir), StallDetector(
+                self.node, str(job_id), k=self.k, floor_s=self.floor_s, watching_since=now))
+
+    def unwatch(self, job_id: str) -> None:
+        self._runs.pop(str(job_id), None)
+
+    def poll(self, now: float) -> list[Finding]:
+        found: list[Finding] = []
+        for run_dir, detector in self._runs.values():
+            found.extend(detector.observe(self._read(run_dir), now))
+        return found

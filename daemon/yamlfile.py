@@ -1,0 +1,118 @@
+"""YAML data files whose errors name the file, the line and the key.
+
+The agent's rules live in data files that operators edit (the policy, the log patterns).
+A mistake there must point at the line to fix, so loading keeps each mapping's and each
+key's line: `load_yaml` builds plain dicts (a `dict` subclass, `MarkedDict`) with the
+lines beside them, using only the safe constructors (what `yaml.safe_load` accepts).
+A key given twice in one mapping is an error here, where YAML would silently keep the
+last one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be used: `file:line: key: message`."""
+
+    def __init__(self, file: str, line: int | None, key: str, message: str) -> None:
+        self.file, self.line, self.key, self.message = str(file), line, key, message
+        where = f"{self.file}:{line}" if line else self.file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+class MarkedDict(dict):
+    """A mapping from a YAML file, with the file and line of the mapping and of each key.
+
+    `key_files` is set only for a mapping merged from several files (an override over a
+    default): it names the file each key came from.
+    """
+
+    file: str = "<string>"
+    line: int | None = None
+    key_lines: dict[Any, int]
+    key_files: dict[Any, str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines = {}
+        self.key_files = {}
+
+    def line_of(self, key: Any) -> int | None:
+        return self.key_lines.get(key, self.line)
+
+    def file_of(self, key: Any) -> str:
+        return self.key_files.get(key, self.file)
+
+    def error(self, key: Any, path: str, message: str) -> "DataFileError":
+        """A DataFileError at `key` of this mapping; `path` is the dotted key to name."""
+        return DataFileError(self.file_of(key), self.line_of(key), path, message)
+
+
+class _MarkedLoader(yaml.SafeLoader):
+    """SafeLoader that builds MarkedDicts and refuses duplicate keys."""
+
+
+def _construct_marked_map(loader: _MarkedLoader, node: yaml.MappingNode):
+    data = MarkedDict()
+    data.file = getattr(loader, "file_name", "<string>")
+    data.line = node.start_mark.line + 1
+    yield data
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                "found an unhashable key", key_node.start_mark) from None
+        if key in data:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {data.key_lines[key]})",
+                key_node.start_mark)
+        data.key_lines[key] = key_node.start_mark.line + 1
+        data[key] = loader.construct_object(value_node, deep=True)
+
+
+_MarkedLoader.add_constructor("tag:yaml.org,2002:map", _construct_marked_map)
+
+
+def parse_yaml(text: str, file: str = "<string>") -> Any:
+    """The document in `text`, mappings as MarkedDicts; DataFileError on bad YAML."""
+    loader = _MarkedLoader(text)
+    loader.file_name = file
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = " ".join(p for p in (err.context, err.problem) if p)
+        raise DataFileError(file, line, "", problem or "invalid YAML") from None
+    except yaml.YAMLError as err:
+        raise DataFileError(file, None, "", f"invalid YAML: {err}") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: Path | str) -> Any:
+    """The document in the file at `path`; DataFileError names the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise DataFileError(str(path), None, "", f"cannot read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise DataFileError(str(path), None, "", f"not UTF-8 text: {err.reason}") from None
+    return parse_yaml(text, str(path))
+
+
+def line_of(container: Any, key: Any = None) -> int | None:
+    """The line of `key` in a MarkedDict (or of the mapping), None for other values."""
+    if isinstance(container, MarkedDict):
+        return container.line if key is None else container.line_of(key)
+    return None

@@ -1,0 +1,98 @@
+"""The progress source: a step that stops advancing is reported once, in time."""
+
+from __future__ import annotations
+
+from pitstop.daemon.progress import ProgressWatcher, StallDetector, stall_limit
+from pitstop.rundir import read_heartbeat, write_json_atomic
+
+
+def beat(step, at, step_time=None):
+    data = {"step": step, "time": at}
+    if step_time is not None:
+        data["step_time"] = step_time
+    return data
+
+
+def test_the_limit_is_the_floor_until_step_times_are_known():
+    assert stall_limit([], k=5, floor_s=60) == 60
+    assert stall_limit([1.0, 2.0, 100.0], k=5, floor_s=60) == 60
+    assert stall_limit([20.0, 30.0, 25.0], k=5, floor_s=60) == 125
+
+
+def test_no_heartbeat_no_finding():
+    detector = StallDetector("n1", "42", floor_s=10)
+    assert detector.observe(None, 1000.0) == []
+
+
+def test_first_step_uses_the_floor():
+    detector = StallDetector("n1", "42", k=5, floor_s=60)
+    assert detector.observe(beat(0, 100.0), 100.0) == []
+    assert detector.observe(beat(0, 100.0), 160.0) == []
+    (finding,) = detector.observe(beat(0, 100.0), 160.5)
+    assert (finding.signal, finding.job_id, finding.source) == ("step_stall", "42", "progress")
+    assert "step 0" in finding.message and "floor 60s" in finding.message
+
+
+def test_k_times_the_median_step_time():
+    detector = StallDetector("n1", "42", k=5, floor_s=10)
+    now = 0.0
+    for step in range(1, 11):
+        now = step * 4.0
+        assert detector.observe(beat(step, now, step_time=4.0), now) == []
+    assert detector.observe(beat(10, now), now + 20.0) == []  # 5 x 4 s
+    (finding,) = detector.observe(beat(10, now), now + 20.5)
+    assert "5 x median step 4.0s" in finding.message
+
+
+def test_step_times_are_derived_when_the_heartbeat_lacks_them():
+    detector = StallDetector("n1", "42", k=3, floor_s=1)
+    for step in range(5):
+        detector.observe(beat(step, step * 10.0), step * 10.0)
+    assert list(detector.step_times) == [10.0, 10.0, 10.0, 10.0]
+    assert detector.observe(beat(4, 40.0), 70.0) == []
+    assert len(detector.observe(beat(4, 40.0), 70.1)) == 1
+
+
+def test_one_finding_per_stalled_step():
+    detector = StallDetector("n1", "42", k=5, floor_s=30)
+    detector.observe(beat(3, 0.0), 0.0)
+    assert len(detector.observe(beat(3, 0.0), 31.0)) == 1
+    assert detector.observe(beat(3, 0.0), 500.0) == []
+    assert detector.observe(beat(4, 600.0), 600.0) == []  # it moved again
+    assert len(detector.observe(beat(4, 600.0), 631.0)) == 1
+
+
+def test_a_restart_from_a_checkpoint_resets_the_step():
+    detector = StallDetector("n1", "42", k=5, floor_s=30)
+    detector.observe(beat(100, 0.0), 0.0)
+    detector.observe(beat(100, 0.0), 40.0)
+    assert detector.observe(beat(90, 50.0), 50.0) == []
+    assert detector.step == 90 and detector.reported_step is None
+
+
+def test_a_heartbeat_from_before_watching_does_not_count():
+    detector = StallDetector("n1", "42", floor_s=60, watching_since=1000.0)
+    assert detector.observe(beat(7, 10.0), 1001.0) == []  # left over from the run before
+    assert len(detector.observe(beat(7, 10.0), 1061.0)) == 1
+
+
+def test_malformed_heartbeats_are_ignored():
+    detector = StallDetector("n1", "42", floor_s=1)
+    for junk in ({}, {"step": "x"}, {"step": True, "time": 1}, {"step": None}):
+        assert detector.observe(junk, 100.0) == []
+    assert detector.step is None
+
+
+def test_watcher_reads_the_run_directory(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    watcher = ProgressWatcher("n1", k=5, floor_s=60)
+    watcher.watch("42", run, now=0.0)
+    assert watcher.poll(10.0) == []  # no heartbeat yet
+    write_json_atomic(run / "heartbeat.json", {"step": 1, "time": 5.0, "step_time": 2.0})
+    assert read_heartbeat(run)["step"] == 1
+    assert watcher.poll(20.0) == []
+    (finding,) = watcher.poll(66.0)
+    assert finding.job_id == "42" and finding.node == "n1"
+    watcher.unwatch("42")
+    assert watcher.poll(1000.0) == []
