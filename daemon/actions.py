@@ -222,6 +222,8 @@ class NodeActions:
         node = self.this_node()
         if node is None or not (node.drained or node.failed or node.down):
             return None
+        if {"REBOOT_ISSUED", "REBOOT_REQUESTED"} & set(node.flags):
+            return None  # Slurm is still rebooting it; nextstate=resume will bring it back
         if not node.fenced_by_pitstop:
             return Outcome("resume", ok=False, detail=f"left alone: not pitstop's reason ({node.reason!r})")
         if self.dry_run:

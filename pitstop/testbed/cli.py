@@ -34,20 +34,26 @@ def testbed() -> None:
               help="GRES GPUs per node, backed by character devices.")
 @click.option("--cpus-per-node", type=click.IntRange(1, 256), default=2, show_default=True)
 @click.option("--ssh", is_flag=True, help="Also start an sshd on 127.0.0.1 with generated keys.")
+@click.option("--agents", is_flag=True,
+              help="Also start one pitstop agent per node, following that node's kernel-log file.")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for every node to be idle.")
 def up(directory: Path, nodes: int, gpus_per_node: int, cpus_per_node: int, ssh: bool,
-       timeout: float) -> None:
+       agents: bool, timeout: float) -> None:
     """Bring the testbed up (harmless when it already runs)."""
     started = time.monotonic()
     try:
         layout = _testbed(directory).up(nodes=nodes, gpus_per_node=gpus_per_node, ssh=ssh,
-                                        timeout=timeout, cpus_per_node=cpus_per_node)
+                                        timeout=timeout, cpus_per_node=cpus_per_node,
+                                        agents=agents)
     except TestbedError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"testbed up in {time.monotonic() - started:.1f}s: {layout.nodes} nodes "
                f"({', '.join(layout.node_names)}), {layout.gpus_per_node} GPUs each, in {layout.dir}")
     click.echo(f"export SLURM_CONF={layout.slurm_conf}")
+    if layout.agents:
+        click.echo(f"agents: http://127.0.0.1:{layout.agent_ports[0]}/status (node1) …; "
+                   f"export PITSTOP_STATE_DIR={layout.agent_root}")
     if layout.ssh_port:
         click.echo(f"ssh -F {layout.ssh_dir / 'ssh_config'} pitstop-testbed")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import signal
 import time
@@ -62,7 +63,8 @@ class Testbed:
     # --- up ---------------------------------------------------------------------------
 
     def up(self, nodes: int = 3, gpus_per_node: int = 0, ssh: bool = False,
-           timeout: float = 30.0, cpus_per_node: int = 2) -> Layout:
+           timeout: float = 30.0, cpus_per_node: int = 2, agents: bool = False,
+           agent_args: list[str] | None = None) -> Layout:
         if os.geteuid() != 0:
             raise TestbedError("the testbed runs slurmctld, slurmd and munged as root: run as root")
         ensure_packages(DEBIAN_PACKAGES, list(BINARIES.values()))
@@ -82,7 +84,64 @@ class Testbed:
             from pitstop.testbed.sshd import start_sshd
             start_sshd(layout)
         self.wait_idle(layout, timeout)
+        if agents:
+            self.start_agents(layout, agent_args or [])
         return layout
+
+    # --- agents -----------------------------------------------------------------------
+
+    def agent_pid_file(self, layout: Layout, node: str) -> Path:
+        return layout.run_dir / f"agent-{node}.pid"
+
+    def agent_args(self, layout: Layout, node: str, port: int) -> list[str]:
+        """`pitstop agent run` for one testbed node: its kernel-log file, boot id, GPUs."""
+        args = [sys.executable, "-m", "pitstop", "agent", "run", "--config", "/dev/null",
+                "--node", node, "--kmsg", str(layout.kmsg_file(node)),
+                "--boot-id-file", str(self.boot_id_file(layout, node)),
+                "--state-dir", str(layout.agent_state_dir(node)), "--port", str(port),
+                "--jobs-interval", "1", "--interval", "2", "--nvml", "off", "--neuron", "off"]
+        if layout.gpus_per_node:
+            args += ["--expected-gpus", str(layout.gpus_per_node),
+                     "--accelerator-glob", str(layout.dev_dir / "nvidia[0-9]*")]
+            for bus in faults.GPU_BUS_IDS[:layout.gpus_per_node]:
+                args += ["--gpu-bus-id", bus]
+        return args
+
+    def start_agents(self, layout: Layout, extra: list[str]) -> None:
+        """One agent process per node, each with its own state directory and port."""
+        if not layout.agent_ports or len(layout.agent_ports) != layout.nodes:
+            base = free_port_block(layout.nodes)
+            layout.agent_ports = [base + i for i in range(layout.nodes)]
+        layout.agents = True
+        layout.save()
+        for node, port in zip(layout.node_names, layout.agent_ports):
+            self.start_agent(layout, node, port, extra)
+
+    def start_agent(self, layout: Layout, node: str, port: int | None = None,
+                    extra: list[str] = ()) -> int:
+        pid_file = self.agent_pid_file(layout, node)
+        running = procs.alive(pid_file, "pitstop")
+        if running:
+            return running
+        if port is None:
+            port = layout.agent_ports[layout.node_names.index(node)]
+        layout.agent_state_dir(node).mkdir(parents=True, exist_ok=True)
+        log_file = open(layout.log_dir / f"agent-{node}.log", "ab")
+        env = dict(os.environ, **layout.env(), PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen([*self.agent_args(layout, node, port), *extra], stdin=subprocess.DEVNULL,
+                                stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, cwd=layout.dir)
+        log_file.close()
+        write_atomic(pid_file, f"{proc.pid}\n")
+        return proc.pid
+
+    def stop_agent(self, layout: Layout, node: str, sig: int = signal.SIGTERM) -> None:
+        pid = procs.alive(self.agent_pid_file(layout, node), "pitstop")
+        if not pid:
+            return
+        os.kill(pid, sig)
+        procs.wait(lambda: not psutil.pid_exists(pid) or procs.zombie(pid), 15, f"agent on {node} to stop")
+        self.agent_pid_file(layout, node).unlink(missing_ok=True)
 
     def _create(self, nodes: int, gpus_per_node: int, cpus_per_node: int) -> Layout:
         if nodes < 1:
@@ -278,6 +337,9 @@ class Testbed:
                      "slurmctld": procs.alive(layout.ctld_pid, "slurmctld")}
         for node in layout.node_names:
             processes[f"slurmd {node}"] = procs.alive(layout.slurmd_pid(node), "slurmd")
+        if layout.agents:
+            for node in layout.node_names:
+                processes[f"agent {node}"] = procs.alive(self.agent_pid_file(layout, node), "pitstop")
         from pitstop.testbed.sshd import sshd_pid
         if layout.ssh_port:
             processes["sshd"] = sshd_pid(layout)

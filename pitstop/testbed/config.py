@@ -103,9 +103,17 @@ class Layout:
     def ssh_dir(self) -> Path:
         return self.dir / "ssh"
 
+    @property
+    def agent_root(self) -> Path:
+        """The testbed's stand-in for the shared state path: one sub-directory per agent."""
+        return self.dir / "agents"
+
+    def agent_state_dir(self, node: str) -> Path:
+        return self.agent_root / node
+
     def env(self) -> dict[str, str]:
-        """The environment a Slurm client needs to talk to this testbed."""
-        return {"SLURM_CONF": str(self.slurm_conf)}
+        """The environment Slurm's commands and pitstop's need to talk to this testbed."""
+        return {"SLURM_CONF": str(self.slurm_conf), "PITSTOP_STATE_DIR": str(self.agent_root)}
 
     def save(self) -> None:
         data = asdict(self)

@@ -47,7 +47,8 @@ def main() -> int:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        time.sleep(0.5)
+        # A real reboot takes minutes; a couple of seconds keeps the drain visible.
+        time.sleep(float(os.environ.get("PITSTOP_TESTBED_REBOOT_DELAY", "2")))
     from pitstop.testbed.cluster import Testbed
     Testbed(directory).reboot_node(node)
     return 0

@@ -1,0 +1,363 @@
+"""The node agent's loop: sources in, decisions through the policy, actions out.
+
+One thread does the work, so the order of events is the order they are handled: the
+kernel log (woken by its descriptor on a real node, polled every `kmsg_poll_s` when it is
+a plain file), job logs and heartbeats of the jobs on this node, and telemetry on its own
+interval. Every finding goes through `Policy.decide`; the decision is recorded in the
+health store and saved *before* anything is done to Slurm, and the kernel-log cursor is
+committed after, so an agent killed at any point neither acts twice (the history makes a
+replayed line a duplicate) nor misses a line (the cursor was not yet moved past it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pitstop.daemon.actions import NodeActions, Outcome
+from pitstop.daemon.config import AgentConfig
+from pitstop.daemon.health import HealthStore
+from pitstop.daemon.host import HostState, HostThresholds, findings_from_host, read_host
+from pitstop.daemon.joblogs import JobLogWatcher
+from pitstop.daemon.kmsg import KmsgFollower, KmsgSource
+from pitstop.daemon.metrics import Metrics
+from pitstop.daemon.patterns import GpuMap, normalize_bus_id
+from pitstop.daemon.policy import History, Policy
+from pitstop.daemon.progress import ProgressWatcher
+from pitstop.daemon import sdnotify
+from pitstop.model import Finding, Health
+from pitstop.rundir import HEARTBEAT
+from pitstop.slurm import Slurm, SlurmError
+
+log = logging.getLogger("pitstop.agent")
+
+FINDING_MAX_AGE_S = 3600.0
+
+
+@dataclass
+class Timer:
+    interval: float
+    due: float = 0.0
+
+    def ready(self, now: float) -> bool:
+        if now >= self.due:
+            self.due = now + self.interval
+            return True
+        return False
+
+
+@dataclass
+class AgentStatus:
+    started_at: float = field(default_factory=time.time)
+    loops: int = 0
+    findings: int = 0
+    last_error: str = ""
+    breaker_open: bool = False
+
+
+class Agent:
+    """The agent for one node. `run()` until `stop()` (or SIGTERM)."""
+
+    def __init__(self, config: AgentConfig, slurm: Slurm | None = None) -> None:
+        self.config = config
+        self.node = config.resolved_node()
+        self.slurm = slurm or Slurm(timeout=config.slurm_timeout_s)
+        self.policy = Policy.load(config.policy)
+        self.store = HealthStore.open(config.state_dir, self.node)
+        self.history = History.from_dict(self.store.state.history)
+        self.actions = NodeActions(self.slurm, self.node, dry_run=config.dry_run,
+                                   max_fenced_share=config.max_fenced_share,
+                                   breaker_window_s=config.breaker_window_s,
+                                   replace_command=config.replace_command)
+        self.gpus = GpuMap(bus_index={bus: i for i, bus in enumerate(config.gpu_bus_ids)})
+        self.kmsg = KmsgSource(self.node, KmsgFollower(
+            config.kmsg, cursor_path=Path(config.state_dir) / f"{self.node}.kmsg-cursor.json",
+            boot_id_path=config.boot_id_file), gpus=self.gpus)
+        self.joblogs = JobLogWatcher(self.node)
+        self.progress = ProgressWatcher(self.node, k=config.stall_k, floor_s=config.stall_floor_s)
+        self.host_thresholds = HostThresholds.from_dict({
+            "disk": config.disk, "memory_min_available": config.memory_min_available,
+            "expected_accelerators": config.expected_gpus, "accelerator_glob": config.accelerator_glob})
+        self.host_state = HostState()
+        self.nvml = _nvml_source(config)
+        self.nvml_state = None
+        self.metrics = Metrics(hostname=self.node)
+        self.status = AgentStatus()
+        self._stop = threading.Event()
+        self._server = None
+        self._watched_jobs: set[str] = set()
+        self._requeued: dict[str, float] = {}
+        self.port = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def stop(self, *_args: Any) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        from pitstop.daemon.http import serve
+
+        self.kmsg.open()
+        now = time.time()
+        if self.store.on_boot(self.kmsg.boot_id, now):
+            self.history.start_boot(self.kmsg.boot_id)
+        self._save(now)
+        self._server = serve(self.metrics, self.status_json, host=self.config.listen, port=self.config.port)
+        self.port = self._server.port
+        log.info("pitstop agent on %s: kernel log %s, state %s, http://%s:%d, %s",
+                 self.node, self.config.kmsg, self.config.state_dir, self.config.listen, self.port,
+                 "DRY RUN: deciding and reporting only" if self.config.dry_run else "acting")
+        sdnotify.notify("READY=1", f"STATUS=watching {self.node}")
+        selector = selectors.DefaultSelector()
+        fd = self.kmsg.fileno()
+        if fd is not None:
+            selector.register(fd, selectors.EVENT_READ)
+        timers = {"jobs": Timer(self.config.jobs_interval_s), "telemetry": Timer(self.config.interval_s),
+                  "save": Timer(10.0), "watchdog": Timer(sdnotify.watchdog_interval() or 3600.0)}
+        try:
+            while not self._stop.is_set():
+                timeout = self.config.kmsg_poll_s if fd is None else min(1.0, self.config.interval_s)
+                if fd is not None:
+                    selector.select(timeout)
+                else:
+                    self._stop.wait(timeout)
+                self.tick(time.time(), timers)
+        finally:
+            selector.close()
+            self._save(time.time())
+            self.kmsg.close()
+            self.joblogs.close()
+            if self._server is not None:
+                self._server.close()
+            sdnotify.notify("STOPPING=1")
+            log.info("pitstop agent on %s stopped", self.node)
+        return 0
+
+    def tick(self, now: float, timers: dict[str, Timer]) -> None:
+        """One pass: read what is new, decide, act. Errors are logged and counted, never
+        fatal: the agent that dies of a bad line is the agent that misses the next fault."""
+        self.status.loops += 1
+        try:
+            if timers["jobs"].ready(now):
+                self._reconcile(now)
+                self._refresh_jobs(now)
+            self._handle(self.kmsg.poll(now), now)
+            self.kmsg.commit()
+            self._check_boot(now)
+            self._handle(self.joblogs.poll(now) + self.progress.poll(now), now)
+            if timers["telemetry"].ready(now):
+                self._telemetry(now)
+            if timers["watchdog"].ready(now):
+                sdnotify.notify("WATCHDOG=1")
+            if timers["save"].ready(now):
+                self._save(now)
+        except SlurmError as exc:
+            self._error(f"slurm: {exc}")
+        except OSError as exc:
+            self._error(f"os: {exc}")
+
+    def _error(self, message: str) -> None:
+        if message != self.status.last_error:
+            log.warning("%s", message)
+        self.status.last_error = message
+        self.store.bump("errors")
+
+    # --- sources ----------------------------------------------------------------------
+
+    def _check_boot(self, now: float) -> None:
+        boot_id = self.kmsg.boot_id
+        if boot_id and boot_id != self.store.state.boot_id:
+            self.store.on_boot(boot_id, now)
+            self.history.start_boot(boot_id)
+        if self.store.health == Health.CHECKING:
+            self._return_to_service(now)
+
+    def _refresh_jobs(self, now: float) -> None:
+        jobs = [j for j in self.slurm.jobs(states="RUNNING,COMPLETING") if self.node in j.nodes and j.running]
+        current = {j.job_id for j in jobs}
+        for job in jobs:
+            if job.job_id in self._watched_jobs:
+                continue
+            for path in {job.stdout, job.stderr} - {""}:
+                self.joblogs.watch(job.job_id, path)
+            run_dir = _run_dir_of(job.stdout, job.work_dir)
+            if run_dir is not None and (job.batch_host in ("", self.node)):
+                self.progress.watch(job.job_id, run_dir, now)
+            self._watched_jobs.add(job.job_id)
+        for job_id in self._watched_jobs - current:
+            self.joblogs.unwatch(job_id)
+            self.progress.unwatch(job_id)
+        self._watched_jobs = current
+
+    def _reconcile(self, now: float) -> None:
+        """A fenced node that Slurm shows back in service was resumed by a person: the
+        fence is over, and what the node does from now on is judged afresh."""
+        if self.store.health != Health.FENCED or self.config.dry_run:
+            return
+        node = self.actions.this_node()
+        log.debug("reconcile: %s is %s in Slurm", self.node, node.state_label if node else "unknown")
+        if node is None or node.drained or node.failed or node.down or node.fenced_by_pitstop:
+            return
+        self.store.log_event("warning", now, message=f"{self.node} is back in service in Slurm "
+                             f"({node.state_label}) while pitstop had it fenced: taken as an operator's resume")
+        self.store.clear_findings(now)
+        self.history.back_in_service(now)
+        self.store.transition(Health.OK, now, reason="", by_operator=True)
+        self._save(now)
+
+    def _telemetry(self, now: float) -> None:
+        findings: list[Finding] = []
+        reading = read_host(self.host_thresholds)
+        found, self.host_state = findings_from_host(self.node, reading, self.host_state,
+                                                    self.host_thresholds, now)
+        findings += found
+        self.metrics.observe_host(reading)
+        if self.nvml is not None and self.nvml.enabled:
+            from pitstop.daemon.nvml import NvmlState, NvmlThresholds, findings_from_readings
+            readings = self.nvml.poll()
+            self.metrics.observe_gpus(readings)
+            for reading in readings:  # NVML knows which bus id is which index
+                if reading.pci_bus_id:
+                    self.gpus.bus_index[normalize_bus_id(reading.pci_bus_id)] = reading.index
+            found, self.nvml_state = findings_from_readings(
+                self.node, readings, self.nvml_state or NvmlState(),
+                NvmlThresholds(expected_gpus=self.config.expected_gpus), now)
+            findings += found
+        stats = self.kmsg.follower.stats
+        self.metrics.observe_kmsg(stats.records if hasattr(stats, "records") else 0,
+                                  sum(stats.skipped.values()) if hasattr(stats, "skipped") else 0)
+        self._handle(findings, now)
+        self.store.expire_findings(now, FINDING_MAX_AGE_S)
+
+    # --- deciding and acting ------------------------------------------------------------
+
+    def _handle(self, findings: list[Finding], now: float) -> None:
+        for finding in findings:
+            self.status.findings += 1
+            self.metrics.finding(finding)
+            decision = self.policy.decide(finding, now, self.history)
+            self.history.record(decision, now)
+            self.store.state.history = self.history.to_dict()
+            self.store.apply(decision, now, dry_run=self.config.dry_run)
+            self._save(now)
+            log.info("%s %s%s -> %s%s: %s", finding.signal, finding.code,
+                     f" {finding.device}" if finding.device else "", decision.action_class,
+                     " (duplicate)" if decision.duplicate else "", decision.detail or decision.reason)
+            if decision.fences:
+                self._fence(decision, now)
+            elif decision.action_class == "app" and not decision.duplicate:
+                self._requeue_for(decision, now)
+            self.metrics.health(self.store.health)
+
+    def _fence(self, decision: Any, now: float) -> None:
+        outcomes = self.actions.fence(decision.action_class, decision.reason)
+        self._record(outcomes, now)
+        tripped = any(o.action == "breaker" for o in outcomes)
+        self.status.breaker_open = tripped
+        self.metrics.breaker(tripped)
+        if tripped:
+            # The fence did not hold (or was never made): the node stays in service,
+            # suspect, until a person looks.
+            self.history.forget_fence(decision)
+            if self.store.health == Health.FENCED:
+                self.store.transition(Health.SUSPECT, now, reason=f"{decision.reason} (breaker open)")
+            self._save(now)
+            return
+        if self.config.dry_run:
+            return
+        if decision.action_class == "reboot" and any(o.action == "reboot" and o.ok for o in outcomes):
+            if self.store.health == Health.FENCED and self.store.state.fence_class == "reboot":
+                self.store.transition(Health.REBOOTING, now, reason=decision.reason)
+        self._save(now)
+
+    def _requeue_for(self, decision: Any, now: float) -> None:
+        if decision.job_id:
+            job_ids = [decision.job_id]
+        else:
+            job_ids = [j.job_id for j in self.slurm.jobs(states="RUNNING") if self.node in j.nodes]
+        outcomes = []
+        for job_id in job_ids:
+            if now - self._requeued.get(job_id, 0.0) < 60.0:
+                continue  # every rank's log says the same; one requeue per job is enough
+            self._requeued[job_id] = now
+            outcomes.append(self.actions.requeue(job_id))
+        self._record(outcomes, now)
+        self._save(now)
+
+    def _record(self, outcomes: list[Outcome], now: float) -> None:
+        for outcome in outcomes:
+            self.metrics.action(outcome.action)
+            self.store.record_action(now, outcome.action, reason=outcome.reason, job_id=outcome.job_id,
+                                     ok=outcome.ok, dry_run=outcome.dry_run, detail=outcome.detail)
+            level = logging.INFO if outcome.ok else logging.WARNING
+            log.log(level, "action %s%s%s: %s", outcome.action,
+                    f" job {outcome.job_id}" if outcome.job_id else "",
+                    " (dry run)" if outcome.dry_run else "", outcome.detail or outcome.reason)
+
+    def _return_to_service(self, now: float) -> None:
+        """CHECKING: the node came back from a reboot with no hardware finding this boot."""
+        outcome = self.actions.resume_if_ours()
+        if outcome is not None:
+            self._record([outcome], now)
+            if not outcome.ok:
+                return
+        self.store.clear_findings(now)
+        self.history.back_in_service(now)
+        self.store.transition(Health.OK, now, reason="")
+        self._save(now)
+
+    # --- publishing ---------------------------------------------------------------------
+
+    def _save(self, now: float) -> None:
+        self.store.state.updated_at = now
+        self.store.state.history = self.history.to_dict()
+        telemetry = {"heartbeat_at": now, "pid": os.getpid(), "port": self.port,
+                     "dry_run": self.config.dry_run, "breaker_open": self.status.breaker_open,
+                     "accelerators_total": self.config.expected_gpus or 0,
+                     "jobs_watched": sorted(self._watched_jobs)}
+        if self.config.expected_gpus:
+            bad = {f.get("device") for f in self.store.state.open_findings
+                   if f.get("action_class") in {"drain", "reboot", "replace"} and f.get("device")}
+            telemetry["accelerators_healthy"] = max(0, self.config.expected_gpus - len(bad))
+        self.store.state.telemetry = telemetry
+        self.store.save()
+
+    def status_json(self) -> dict[str, Any]:
+        state = self.store.state.to_dict()
+        state.pop("history", None)
+        return {"node": self.node, "agent": {"started_at": self.status.started_at, "loops": self.status.loops,
+                                             "findings": self.status.findings, "last_error": self.status.last_error,
+                                             "dry_run": self.config.dry_run,
+                                             "breaker_open": self.status.breaker_open},
+                **state}
+
+
+def _run_dir_of(stdout: str, work_dir: str) -> Path | None:
+    """A pitstop run writes its heartbeat beside its output (`RUN_DIR/slurm-%j.out`)."""
+    for candidate in (Path(stdout).parent if stdout else None, Path(work_dir) if work_dir else None):
+        if candidate is not None and ((candidate / HEARTBEAT).exists() or (candidate / "config.yaml").exists()):
+            return candidate
+    return None
+
+
+def _nvml_source(config: AgentConfig):
+    if config.nvml == "off":
+        return None
+    from pitstop.daemon.nvml import NvmlReplay, NvmlSampler
+    if config.nvml.startswith("replay:"):
+        return NvmlReplay(Path(config.nvml.split(":", 1)[1]), loop=True)
+    return NvmlSampler()
+
+
+def run_agent(config: AgentConfig) -> int:
+    agent = Agent(config)
+    signal.signal(signal.SIGTERM, agent.stop)
+    signal.signal(signal.SIGINT, agent.stop)
+    return agent.run()

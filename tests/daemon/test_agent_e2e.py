@@ -1,0 +1,224 @@
+"""The node agent end to end: one real agent process per testbed node, faults written
+where real ones arrive (the node's kernel log, a job's output, a heartbeat that stops),
+and Slurm's own view checked for the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pitstop.waiting import wait_until
+
+pytestmark = pytest.mark.slurm
+
+AGENT_ARGS = ["--stall-floor", "4", "--stall-k", "4", "--kmsg-poll", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def agents(testbed):
+    """Agents on every node of the session's testbed, started on fresh kernel logs and
+    stopped when this module ends (other tests inject faults without agents watching)."""
+    layout = testbed.layout
+    shutil.rmtree(layout.agent_root, ignore_errors=True)
+    for node in layout.node_names:
+        testbed.new_boot(layout, node)
+    testbed.start_agents(layout, AGENT_ARGS)
+    for node in layout.node_names:
+        wait_until(lambda n=node: _state(layout, n), 20, what=f"agent on {node} to write its state")
+    yield testbed
+    for node in layout.node_names:
+        testbed.stop_agent(layout, node)
+    layout.agents = False
+    layout.save()
+
+
+def _state(layout, node: str) -> dict | None:
+    try:
+        return json.loads((layout.agent_state_dir(node) / f"{node}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _events(layout, node: str, kind: str | None = None) -> list[dict]:
+    path = layout.agent_state_dir(node) / f"{node}.events.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    events = [json.loads(line) for line in lines if line.strip()]
+    return [e for e in events if kind is None or e.get("kind") == kind]
+
+
+def _job(slurm, testbed, nodes: str, body: str = "srun sleep 600", *args: str, name: str = "e2e") -> str:
+    jobs = testbed.layout.jobs_dir
+    script = jobs / f"{name}.sh"
+    script.write_text(f"#!/bin/bash\n{body}\n")
+    job_id = slurm.submit(script, ["-J", name, "-N", str(len(nodes.split(","))), "-w", nodes,
+                                   "--requeue", "-o", str(jobs / f"{name}-%j.out"), *args], cwd=jobs)
+    slurm.wait_for(lambda s: s.job(job_id).running, 20, what=f"job {name} to run")
+    return job_id
+
+
+def _wait_decisions(layout, node: str, count: int, timeout: float = 15) -> list[dict]:
+    return wait_until(lambda: (d := _events(layout, node, "decision")) and len(d) >= count and d,
+                      timeout, what=f"{count} decision(s) by the agent on {node}")
+
+
+def test_xid79_fences_the_node_names_the_gpu_and_the_job_runs_again(agents, slurm):
+    layout = agents.layout
+    job_id = _job(slurm, agents, "node1,node2", name="xid79")
+    agents.inject("node2", "xid:79:1")
+    fenced = slurm.wait_for(lambda s: (n := s.node("node2")) and n.fenced_by_pitstop and n, 10,
+                            interval=0.05, what="node2 fenced")
+    assert "xid 79" in fenced.reason and "gpu1" in fenced.reason
+    assert fenced.drained or fenced.failed
+    job = slurm.wait_for(lambda s: (j := s.job(job_id)) and j.running and j.restart_count >= 1 and j,
+                         60, interval=0.5, what="job to run again")
+    assert job.restart_count == 1
+    node1 = slurm.node("node1")
+    assert not node1.reason and _state(layout, "node1")["health"] == "OK"
+    assert not [a for a in _state(layout, "node1")["actions"]]
+    # The node went through the testbed's reboot and came back into service.
+    back = slurm.wait_for(lambda s: (n := s.node("node2")) and n.available and n, 30, what="node2 back")
+    assert back.reason == ""
+    wait_until(lambda: _state(layout, "node2")["health"] == "OK", 15, what="node2's agent to say OK")
+
+
+@pytest.mark.parametrize("code", [13, 31, 43, 45])
+def test_application_xids_do_not_fence(agents, slurm, code):
+    layout = agents.layout
+    before = len(_events(layout, "node3", "decision"))
+    agents.inject("node3", f"xid:{code}")
+    decisions = _wait_decisions(layout, "node3", before + 1)
+    assert decisions[-1]["action_class"] == "app" and decisions[-1]["finding"]["code"] == str(code)
+    assert not slurm.node("node3").reason
+
+
+def test_xid48_storm_is_one_finding_and_one_action_with_bounded_memory(agents, slurm):
+    layout = agents.layout
+    pid = int((layout.run_dir / "agent-node4.pid").read_text())
+    rss_before = psutil.Process(pid).memory_info().rss
+    agents.inject("node4", "xid:48", count=10_000)
+    slurm.wait_for(lambda s: s.node("node4").fenced_by_pitstop, 15, what="node4 drained")
+    state = wait_until(lambda: (st := _state(layout, "node4")) and st["actions"] and st, 10,
+                       what="the agent to record its action")
+    drains = [a for a in state["actions"] if a["action"] == "drain"]
+    xid48 = [f for f in state["open_findings"] if f["signal"] == "xid" and f["code"] == "48"]
+    assert len(drains) == 1 and len(xid48) == 1, json.dumps(state, indent=1)[:3000]
+    assert len([d for d in _events(layout, "node4", "decision") if d["finding"]["code"] == "48"]) == 1
+    rss_after = psutil.Process(pid).memory_info().rss
+    assert rss_after - rss_before < 32 * 1024 * 1024
+
+
+def test_nccl_timeout_requeues_the_job_and_fences_nobody(agents, slurm):
+    layout = agents.layout
+    job_id = _job(slurm, agents, "node1,node3", name="nccl")
+    wait_until(lambda: Path(slurm.job(job_id).stdout).exists(), 10, what="job output file")
+    _wait_watching(layout, job_id)
+    agents.inject("node1", "nccl-timeout")
+    job = slurm.wait_for(lambda s: (j := s.job(job_id)) and j.restart_count >= 1 and j, 20,
+                         what="job to be requeued")
+    assert job.restart_count == 1
+    assert not [n.name for n in slurm.nodes() if n.reason]
+
+
+def test_nccl_timeout_with_xid74_fences_only_that_node(agents, slurm):
+    layout = agents.layout
+    job_id = _job(slurm, agents, "node1,node3", name="nccl74")
+    _wait_watching(layout, job_id)
+    agents.inject("node3", "xid:74")
+    agents.inject("node1", "nccl-timeout")
+    slurm.wait_for(lambda s: s.node("node3").fenced_by_pitstop, 15, what="node3 fenced")
+    slurm.wait_for(lambda s: (j := s.job(job_id)) and j.restart_count >= 1, 20, what="requeue")
+    assert "xid 74" in slurm.node("node3").reason
+    assert not slurm.node("node1").reason
+
+
+def _wait_watching(layout, job_id: str) -> None:
+    """Wait until the agents of the job's nodes follow its output."""
+    wait_until(lambda: len([n for n in layout.node_names if job_id in
+                            ((_state(layout, n) or {}).get("telemetry", {}).get("jobs_watched", []))]) >= 2,
+               15, what=f"agents to watch job {job_id}")
+
+
+def test_stalled_step_is_found_and_the_job_requeued(agents, slurm):
+    layout = agents.layout
+    run_dir = layout.jobs_dir / "stall-run"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "config.yaml").write_text("name: stall\n")
+    body = (f"for s in 1 2 3 4 5 6 7 8; do echo '{{\"step\": '$s', \"time\": '$(date +%s.%N)', "
+            f"\"step_time\": 0.3}}' > {run_dir}/heartbeat.json.tmp && mv {run_dir}/heartbeat.json.tmp "
+            f"{run_dir}/heartbeat.json; sleep 0.3; done; sleep 600")
+    jobs = layout.jobs_dir
+    script = jobs / "stall.sh"
+    script.write_text(f"#!/bin/bash\n{body}\n")
+    job_id = slurm.submit(script, ["-J", "stall", "-N1", "-w", "node2", "--requeue",
+                                   "-o", str(run_dir / "slurm-%j.out")], cwd=jobs)
+    started = time.time()
+    job = slurm.wait_for(lambda s: (j := s.job(job_id)) and j.restart_count >= 1 and j, 40,
+                         interval=0.5, what="the stalled job to be requeued")
+    assert job.restart_count >= 1
+    stalls = [e["finding"] for e in _events(layout, "node2", "finding") if e["finding"]["signal"] == "step_stall"]
+    assert stalls and stalls[0]["job_id"] == job_id
+    assert time.time() - started < 60  # long before any gloo (30 min) or NCCL (10 min) timeout
+
+
+def test_operator_drain_is_never_resumed_by_the_agent(agents, slurm):
+    slurm.drain("node2", "operator: swapping a PSU")
+    agents.inject("node2", "xid:79:0")
+    wait_until(lambda: any("operator" in a.get("detail", "") for a in _state(agents.layout, "node2")["actions"]),
+               15, what=f"the agent to leave node2 alone: {[(e['time'], e['kind'], e.get('action_class'), e.get('finding', {}).get('code'), e.get('action'), e.get('reason')) for e in _events(agents.layout, 'node2')][-7:]}, now {time.time()}, {slurm.node('node2')}")
+    node = slurm.node("node2")
+    assert node.drained and node.reason == "operator: swapping a PSU"
+
+
+def test_sigkill_and_restart_acts_once_and_catches_up(agents, slurm):
+    layout = agents.layout
+    pid_file = layout.run_dir / "agent-node3.pid"
+    agents.inject("node3", "xid:95")
+    wait_until(lambda: any(a["action"] == "drain" and "95" in a["reason"] for a in _state(layout, "node3")["actions"]),
+               15, what="node3 drained for xid 95")
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    wait_until(lambda: not agents.status()["processes"]["agent node3"], 10, what="agent to die")
+    agents.inject("node3", "xid:79:1")  # written while the agent is down: worse than a drain
+    agents.start_agent(layout, "node3", extra=AGENT_ARGS)
+    wait_until(lambda: any(a["action"] == "reboot" and "79" in a["reason"] for a in _state(layout, "node3")["actions"]),
+               20, what="node3 rebooted for the line written while the agent was down")
+    actions = _state(layout, "node3")["actions"]
+    assert [a["action"] for a in actions if "95" in a["reason"]] == ["drain"]
+    assert len([d for d in _events(layout, "node3", "decision") if d["finding"]["code"] == "95"
+                and not d["duplicate"]]) == 1
+    slurm.wait_for(lambda s: s.node("node3").available, 30, what="node3 back from its reboot")
+
+
+def test_fatal_xid_everywhere_trips_the_breaker(agents, slurm):
+    layout = agents.layout
+    for node in layout.node_names:
+        agents.inject(node, "xid:64")
+    wait_until(lambda: all(any(a["action"] in {"drain", "breaker"} and "64" in a.get("reason", "")
+                               for a in _state(layout, n)["actions"]) for n in layout.node_names),
+               30, what="every agent to decide about xid 64")
+    fenced = [n.name for n in slurm.nodes() if n.fenced_by_pitstop]
+    assert len(fenced) <= 2
+    tripped = [n for n in layout.node_names
+               if any(a["action"] == "breaker" for a in _state(layout, n)["actions"])]
+    assert tripped and set(tripped).isdisjoint(fenced)
+
+
+def test_malformed_policy_is_a_clear_error(tmp_path):
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("rules:\n  xid:\n    '79': explode\n")
+    proc = subprocess.run([sys.executable, "-m", "pitstop", "agent", "run", "--config", "/dev/null",
+                           "--policy", str(bad), "--node", "nodeX", "--state-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert f"{bad}:3" in proc.stderr
