@@ -153,6 +153,15 @@ if [[ "$caught_signal" == USR1 ]]; then
     fi
     echo "pitstop: scontrol requeue $SLURM_JOB_ID failed; the run stops here" >&2
     exit 1
+fi
+if [[ -z "$caught_signal" && "$step_status" -ne 0 ]]; then
+    # A rank died (a crash, a killed process): start again from the newest checkpoint,
+    # as long as the restarts stay within cluster.max_restarts.
+    if (( restart_count < max_restarts )); then
+        echo "pitstop: the step failed (status $step_status); requeueing job $SLURM_JOB_ID to resume from its newest checkpoint (restart $((restart_count + 1)) of at most $max_restarts)" >&2
+        scontrol requeue "$SLURM_JOB_ID" && exit 0
+    fi
+    echo "pitstop: the step failed (status $step_status) and job $SLURM_JOB_ID has used its $max_restarts restarts; the run stops here" >&2
 fi"""
         else:
             after_usr1 = """\

@@ -177,15 +177,28 @@ def _wait_for(path: Path, timeout: float = 10.0) -> None:
 
 def test_plain_run_starts_torchrun_on_the_first_host_and_exits_with_the_step(fake_slurm):
     script_path, log, env = fake_slurm
-    result = subprocess.run(["bash", str(script_path)], env={**env, "FAKE_STEP_STATUS": "5"},
+    # With its restarts used up, a failed step ends the job with the step's status.
+    result = subprocess.run(["bash", str(script_path)],
+                            env={**env, "FAKE_STEP_STATUS": "5", "SLURM_RESTART_COUNT": "2"},
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 5
+    assert "has used its 2 restarts" in result.stderr
     args = (log / "srun.args").read_text()
     assert f"{TORCHRUN} --nnodes=2 --nproc-per-node=2" in args
     # node-a does not resolve here, so the rendezvous is at its NodeAddr.
     assert "--rdzv-endpoint=10.1.2.3:29500 --rdzv-id=4242" in args
     assert args.strip().endswith(f"-m pitstop.recipes.train {RUN_DIR}")
     assert "requeue" not in (log / "scontrol.calls").read_text()
+
+
+def test_a_failed_step_requeues_while_restarts_remain(fake_slurm):
+    script_path, log, env = fake_slurm
+    result = subprocess.run(["bash", str(script_path)],
+                            env={**env, "FAKE_STEP_STATUS": "1", "SLURM_RESTART_COUNT": "1"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "requeue 4242" in (log / "scontrol.calls").read_text()
+    assert "restart 2 of at most 2" in result.stderr
 
 
 def test_a_first_host_that_resolves_is_used_by_name(fake_slurm):

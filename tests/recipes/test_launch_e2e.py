@@ -1,0 +1,143 @@
+"""A recipe launched with `pitstop recipes launch` on the real testbed: it trains on two
+nodes (two ranks each, gloo), checkpoints, and — interrupted by a requeue, a killed rank
+or a stopped slurmd — resumes from its newest complete checkpoint with the same losses
+an uninterrupted run has at the same steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pitstop.rundir import iter_progress, latest_complete_checkpoint, list_checkpoints, read_heartbeat
+from pitstop.testbed.config import free_port_block
+from pitstop.waiting import wait_until
+
+pytestmark = pytest.mark.slurm
+
+RECIPE = "llama3-tiny-seq256-cpu-pretrain"
+# Small enough for a tenth of a second a step on this machine, same code path as the recipe.
+TINY = ["cluster.nodes=2", "trainer.max_steps=30", "trainer.checkpoint.interval=10",
+        "model.dim=64", "model.n_layers=2", "model.ffn_dim=172", "model.n_heads=4",
+        "model.n_kv_heads=2", "data.seq_len=64", "model.max_seq_len=64", "data.micro_batch_size=4",
+        "schedule.warmup_steps=5", "cluster.signal_seconds=10", "cluster.time=00:10:00"]
+
+
+def launch(testbed, *extra: str) -> tuple[str, Path]:
+    root = testbed.layout.jobs_dir / "runs"
+    args = [sys.executable, "-m", "pitstop", "recipes", "launch", RECIPE, *TINY,
+            f"run.root={root}", f"cluster.rdzv_port={free_port_block(1)}", *extra, "--json"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **testbed.layout.env()}, cwd=testbed.layout.jobs_dir)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    return result["job_id"], Path(result["run_dir"])
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in iter_progress(run_dir)}
+
+
+def wait_finished(slurm, job_id: str, timeout: float = 240):
+    job = slurm.wait_for(lambda s: (j := s.job(job_id)) and j.finished and j, timeout, interval=0.5,
+                         what=f"job {job_id} to finish")
+    return job
+
+
+def wait_step(run_dir: Path, step: int, timeout: float = 120) -> None:
+    wait_until(lambda: (hb := read_heartbeat(run_dir)) and hb.get("step", 0) >= step, timeout,
+               interval=0.2, what=f"the run to reach step {step}")
+
+
+def assert_same_losses_after_resume(run_dir: Path, baseline: dict[int, float]) -> int:
+    records = list(iter_progress(run_dir))
+    resumed = [r for r in records if r["restart_count"] >= 1]
+    assert resumed, "no step was logged after the restart"
+    first = resumed[0]["step"]
+    checkpoint_steps = [c.step for c in list_checkpoints(run_dir)]
+    assert first - 1 in checkpoint_steps or first - 1 <= max(checkpoint_steps)
+    for record in resumed:
+        expected = baseline[record["step"]]
+        assert math.isclose(record["loss"], expected, rel_tol=1e-5), (record["step"], record["loss"], expected)
+    assert max(r["step"] for r in records) == 30
+    return first
+
+
+@pytest.fixture(scope="module")
+def baseline(testbed):
+    slurm = testbed.slurm()
+    job_id, run_dir = launch(testbed)
+    job = wait_finished(slurm, job_id)
+    assert job.state == "COMPLETED", (run_dir / f"slurm-{job_id}.out").read_text()[-3000:]
+    return run_dir
+
+
+def test_trains_on_two_nodes_loss_falls_and_checkpoints_every_ten_steps(baseline):
+    by_step = losses(baseline)
+    assert sorted(by_step) == list(range(1, 31))
+    first, last = sum(by_step[s] for s in range(1, 6)) / 5, sum(by_step[s] for s in range(26, 31)) / 5
+    assert last < first * 0.8
+    assert [c.step for c in list_checkpoints(baseline) if c.complete] == [10, 20, 30]
+    assert latest_complete_checkpoint(baseline).step == 30
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(baseline / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    loss_tag = next(t for t in tags if "loss" in t)
+    assert len(events.Scalars(loss_tag)) == 30
+    records = list(iter_progress(baseline))
+    assert all(r["tokens_per_s"] > 0 for r in records) and records[-1]["restart_count"] == 0
+
+
+def test_scontrol_requeue_resumes_with_the_same_losses(testbed, slurm, baseline):
+    job_id, run_dir = launch(testbed)
+    wait_step(run_dir, 13)
+    slurm.requeue(job_id)
+    job = wait_finished(slurm, job_id)
+    assert job.state == "COMPLETED" and job.restart_count == 1
+    assert assert_same_losses_after_resume(run_dir, losses(baseline)) > 1
+
+
+def _rank_processes(run_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if str(run_dir) in cmdline and "pitstop.recipes.train" in cmdline and \
+                not any("torchrun" in c for c in cmdline[:2]):
+            found.append(proc)
+    return found
+
+
+def test_killed_rank_resumes_from_the_newest_checkpoint(testbed, slurm, baseline):
+    job_id, run_dir = launch(testbed)
+    wait_step(run_dir, 14)
+    ranks = wait_until(lambda: _rank_processes(run_dir), 10, what="the training ranks")
+    ranks[-1].send_signal(signal.SIGKILL)
+    job = wait_finished(slurm, job_id)
+    assert job.state == "COMPLETED" and job.restart_count == 1
+    first = assert_same_losses_after_resume(run_dir, losses(baseline))
+    assert first == 11  # the newest complete checkpoint before the kill was step 10
+
+
+def test_stopped_slurmd_requeues_and_resumes(testbed, slurm, baseline):
+    job_id, run_dir = launch(testbed)
+    wait_step(run_dir, 12)
+    job = slurm.job(job_id)
+    victim = [n for n in job.nodes if n != job.batch_host][0]
+    testbed.inject(victim, "slurmd-stop")
+    try:
+        requeued = slurm.wait_for(lambda s: (j := s.job(job_id)) and j.restart_count >= 1 and j, 120,
+                                  interval=1, what="Slurm to requeue the job off the dead node")
+        assert requeued.restart_count == 1
+        job = wait_finished(slurm, job_id)
+    finally:
+        testbed.inject(victim, "slurmd-start")
+    assert job.state == "COMPLETED"
+    assert assert_same_losses_after_resume(run_dir, losses(baseline)) > 1
