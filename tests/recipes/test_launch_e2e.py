@@ -127,8 +127,10 @@ def test_killed_rank_resumes_from_the_newest_checkpoint(testbed, slurm, baseline
 
 
 def test_stopped_slurmd_requeues_and_resumes(testbed, slurm, baseline):
-    job_id, run_dir = launch(testbed)
-    wait_step(run_dir, 12)
+    # Slurm needs ~30 s to call a silent node dead; slow the steps (a sleep, the losses
+    # are the same) so the run is still going when it does.
+    job_id, run_dir = launch(testbed, "trainer.step_delay=2", "trainer.checkpoint.interval=5")
+    wait_step(run_dir, 6)
     job = slurm.job(job_id)
     victim = [n for n in job.nodes if n != job.batch_host][0]
     testbed.inject(victim, "slurmd-stop")
