@@ -108,9 +108,9 @@ class Agent:
         now = time.time()
         if self.store.on_boot(self.kmsg.boot_id, now):
             self.history.start_boot(self.kmsg.boot_id)
-        self._save(now)
         self._server = serve(self.metrics, self.status_json, host=self.config.listen, port=self.config.port)
         self.port = self._server.port
+        self._save(now)
         log.info("pitstop agent on %s: kernel log %s, state %s, http://%s:%d, %s",
                  self.node, self.config.kmsg, self.config.state_dir, self.config.listen, self.port,
                  "DRY RUN: deciding and reporting only" if self.config.dry_run else "acting")

@@ -184,3 +184,18 @@ def test_timeout_is_a_slurm_error(testbed, tmp_path):
 def test_commands_are_argument_lists_only(slurm):
     with pytest.raises(TypeError):
         slurm.run("sinfo -N")
+
+
+def test_set_down_and_update_job(slurm, testbed):
+    slurm.set_down("node3", "pitstop: test down")
+    node = slurm.node("node3")
+    assert node.down and node.reason == "pitstop: test down"
+    slurm.resume("node3")
+    slurm.drain("node[1-4]", "pitstop: keep it pending")
+    job_id = submit(slurm, testbed, "sleep 1", "-N1", "-t", "10", name="limit")
+    slurm.update_job(job_id, TimeLimit="3")
+    assert slurm.job(job_id).time_limit == 180
+    with pytest.raises(ValueError):
+        slurm.update_job(job_id, **{"TimeLimit=1 Partition": "x"})
+    slurm.cancel(job_id)
+    slurm.resume("node[1-4]")
