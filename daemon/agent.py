@@ -88,6 +88,7 @@ class Agent:
         self.host_state = HostState()
         self.nvml = _nvml_source(config)
         self.nvml_state = None
+        self.neuron = _NeuronFeed(config) if config.neuron != "off" else None
         self.metrics = Metrics(hostname=self.node)
         self.status = AgentStatus()
         self._stop = threading.Event()
@@ -131,6 +132,8 @@ class Agent:
                 self.tick(time.time(), timers)
         finally:
             selector.close()
+            if self.neuron is not None:
+                self.neuron.close()
             self._save(time.time())
             self.kmsg.close()
             self.joblogs.close()
@@ -230,6 +233,14 @@ class Agent:
                 self.node, readings, self.nvml_state or NvmlState(),
                 NvmlThresholds(expected_gpus=self.config.expected_gpus), now)
             findings += found
+        if self.neuron is not None:
+            from pitstop.daemon.neuron import NeuronThresholds, findings_from_report
+            for report in self.neuron.drain():
+                self.metrics.observe_neuron(report)
+                found, self.neuron.state = findings_from_report(
+                    self.node, report, self.neuron.state,
+                    NeuronThresholds(expected_devices=self.config.expected_neuron_devices), now)
+                findings += found
         stats = self.kmsg.follower.stats
         self.metrics.observe_kmsg(stats.records if hasattr(stats, "records") else 0,
                                   sum(stats.skipped.values()) if hasattr(stats, "skipped") else 0)
@@ -345,6 +356,39 @@ def _run_dir_of(stdout: str, work_dir: str) -> Path | None:
         if candidate is not None and ((candidate / HEARTBEAT).exists() or (candidate / "config.yaml").exists()):
             return candidate
     return None
+
+
+class _NeuronFeed:
+    """neuron-monitor writes a report a second on its own schedule: a thread reads them
+    into a bounded queue, and the agent's loop takes what has arrived."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        import queue
+
+        from pitstop.daemon.neuron import NeuronMonitor, NeuronState
+        self.monitor = NeuronMonitor()
+        self.state = NeuronState()
+        self.reports: "queue.Queue" = queue.Queue(maxsize=100)
+        if self.monitor.enabled:
+            threading.Thread(target=self._read, name="neuron-monitor", daemon=True).start()
+
+    def _read(self) -> None:
+        import queue
+        for report in self.monitor.reports():
+            try:
+                self.reports.put_nowait(report)
+            except queue.Full:  # the loop is behind: the newest reports matter most
+                self.reports.get_nowait()
+                self.reports.put_nowait(report)
+
+    def drain(self) -> list:
+        out = []
+        while not self.reports.empty():
+            out.append(self.reports.get_nowait())
+        return out
+
+    def close(self) -> None:
+        self.monitor.close()
 
 
 def _nvml_source(config: AgentConfig):

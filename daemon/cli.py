@@ -39,6 +39,9 @@ def _run_options(func):
         ("--nvml", str, "auto, off, or replay:<recorded.jsonl>."),
         ("--neuron", str, "auto or off."),
         ("--expected-gpus", int, "GPUs this node should have."),
+        ("--expected-neuron-devices", int, "Neuron devices this node should have."),
+        ("--memory-min-available", str, "Least available memory before a finding (\"2%\", \"4GiB\")."),
+        ("--slurm-timeout", float, "Seconds before a Slurm command is given up."),
         ("--accelerator-glob", str, "Device files that count as accelerators."),
         ("--max-fenced-share", float, "Blast radius: the most of the cluster pitstop may fence."),
         ("--breaker-window", float, "Seconds a fence counts against the blast radius."),
@@ -48,6 +51,8 @@ def _run_options(func):
     ]
     for flag, kind, help_text in reversed(flags):
         func = click.option(flag, type=kind, default=None, help=help_text)(func)
+    func = click.option("--disk", "disk", multiple=True, metavar="PATH=MIN_FREE",
+                        help="A checkpoint or scratch path and its least free space (\"/ckpt=10%\").")(func)
     func = click.option("--gpu-bus-id", "gpu_bus_ids", multiple=True,
                         help="PCI bus id of GPU 0, 1, … in order (NVML tells when it runs).")(func)
     func = click.option("--replace-command", multiple=True,
@@ -60,7 +65,7 @@ def _run_options(func):
     return func
 
 
-_FLAG_TO_SETTING = {"interval": "interval_s", "jobs_interval": "jobs_interval_s", "kmsg_poll": "kmsg_poll_s",
+_FLAG_TO_SETTING = {"slurm_timeout": "slurm_timeout_s", "interval": "interval_s", "jobs_interval": "jobs_interval_s", "kmsg_poll": "kmsg_poll_s",
                     "breaker_window": "breaker_window_s", "stall_floor": "stall_floor_s"}
 
 
@@ -74,6 +79,13 @@ def run(config_path: str | None, **flags) -> None:
     from pitstop.daemon.config import DEFAULT_CONFIG, load_config
 
     replace = flags.pop("replace_command")
+    disks = flags.pop("disk")
+    if disks:
+        bad = [d for d in disks if "=" not in d]
+        if bad:
+            click.echo(f"--disk {bad[0]!r}: expected PATH=MIN_FREE, e.g. /ckpt=10%", err=True)
+            sys.exit(EXIT_INVALID)
+        flags["disk"] = dict(d.rsplit("=", 1) for d in disks)
     bus_ids = flags.pop("gpu_bus_ids")
     if bus_ids:
         flags["gpu_bus_ids"] = list(bus_ids)
