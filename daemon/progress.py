@@ -42,6 +42,11 @@ class StallDetector:
     k: float = 5.0
     floor_s: float = 300.0
     keep_steps: int = 32
+    # Start-up (imports, rendezvous, loading a checkpoint) may take longer than a step:
+    # a run that makes no first step for this long after it started is stalled too.
+    # None: startup_factor x floor_s.
+    startup_s: float | None = None
+    startup_factor: float = 4.0
     # When the job started (or the agent began watching it): a heartbeat left over from
     # before, e.g. by the run before a requeue, does not start the clock earlier.
     watching_since: float | None = None
@@ -56,6 +61,15 @@ class StallDetector:
     def observe(self, heartbeat: dict[str, Any] | None, now: float) -> list[Finding]:
         if heartbeat is not None:
             self._take(heartbeat, now)
+        if self.step is None and self.watching_since is not None and self.reported_step is None:
+            limit = self.startup_s if self.startup_s is not None else self.startup_factor * self.floor_s
+            if now - self.watching_since > limit:
+                self.reported_step = -1
+                return [Finding(node=self.node, signal="step_stall", code="", device="",
+                                message=f"no step in {now - self.watching_since:.0f}s since the run "
+                                        f"started (start-up limit {limit:.0f}s)",
+                                evidence="", time=now, source="progress", job_id=self.job_id)]
+            return []
         if self.step is None or self.advanced_at is None or self.reported_step == self.step:
             return []
         waited = now - self.advanced_at
@@ -78,8 +92,10 @@ class StallDetector:
         step = int(step)
         beat_time = _number(heartbeat.get("time"))
         reached_at = beat_time if beat_time is not None else now
-        if self.watching_since is not None:
-            reached_at = max(reached_at, self.watching_since)
+        if self.watching_since is not None and reached_at < self.watching_since:
+            # Left by the run before a requeue: this run has not made its first step yet,
+            # and start-up (imports, rendezvous, loading the checkpoint) is not a stall.
+            return
         if self.step is None or step < self.step:  # first beat, or a restart from a checkpoint
             self.step, self.advanced_at = step, reached_at
             self.reported_step = None

@@ -73,7 +73,13 @@ def test_a_restart_from_a_checkpoint_resets_the_step():
 def test_a_heartbeat_from_before_watching_does_not_count():
     detector = StallDetector("n1", "42", floor_s=60, watching_since=1000.0)
     assert detector.observe(beat(7, 10.0), 1001.0) == []  # left over from the run before
-    assert len(detector.observe(beat(7, 10.0), 1061.0)) == 1
+    # Start-up is not a stall at the step floor (the run may be loading its checkpoint) ...
+    assert detector.observe(beat(7, 10.0), 1061.0) == []
+    # ... but a run that makes no first step within the start-up limit is.
+    (found,) = detector.observe(beat(7, 10.0), 1241.0)
+    assert "since the run started" in found.message
+    assert detector.observe(None, 1300.0) == []  # reported once
+    assert detector.observe(beat(8, 1290.0), 1301.0) == []  # the run got going
 
 
 def test_malformed_heartbeats_are_ignored():

@@ -1,0 +1,362 @@
+"""`pitstop demo`: a training run on the local testbed survives its faults, unattended.
+
+It brings up a four-node testbed with an agent on every node, launches the tiny CPU
+recipe on two nodes, injects faults where real ones enter (a kernel-log line, a job-log
+line, a rank that stops, a slurmd that dies), and prints what happens as it happens: the
+finding, the fence, the requeue, the resume from the newest checkpoint, and the loss
+carrying on. Everything it reports it reads from where a user would: Slurm, the agents'
+event logs and the run directory. The demo plays the one role a person plays on a real
+cluster: it "replaces" a node pitstop drained (resumes it) once the job runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from pitstop.demo.timeline import Attempt, FaultInjected, StepSeen, Summary, format_summary, summarize
+from pitstop.fsutil import write_json_atomic
+from pitstop.rundir import iter_progress, list_checkpoints
+from pitstop.slurm import Slurm, SlurmError
+from pitstop.testbed.cluster import Testbed
+from pitstop.testbed.config import free_port_block
+
+RECIPE = "llama3-tiny-seq256-cpu-pretrain"
+FAULT_KINDS = ["xid79", "xid48", "nccl", "stall", "slurmd"]
+AGENT_ARGS = ["--stall-floor", "15", "--stall-k", "6"]
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class DemoOptions:
+    directory: Path = Path("/tmp/pitstop-demo")
+    nodes: int = 4
+    gpus_per_node: int = 2
+    steps: int = 60
+    fault_after_step: int = 15
+    faults: int = 1
+    every_s: float = 60.0
+    overrides: list[str] = field(default_factory=list)
+    timeout_s: float = 1800.0
+    keep: bool = False
+
+
+class Demo:
+    def __init__(self, options: DemoOptions, say: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.say_raw = say
+        self.testbed = Testbed(options.directory)
+        self.t0 = time.time()
+        self.steps: list[StepSeen] = []
+        self._seen_steps: set[tuple[int, int]] = set()
+        self.faults: list[FaultInjected] = []
+        self.attempts: list[Attempt] = []
+        self.fenced_nodes: list[str] = []
+        self._event_offsets: dict[str, int] = {}
+        self._node_reasons: dict[str, str] = {}
+        self._checkpoints: set[int] = set()
+        self._stopped_slurmd: str | None = None
+        self._restart_at_stop = 0
+        self._stopped_ranks: list[int] = []
+        self.job_id = ""
+        self.run_dir = Path()
+        self.slurm: Slurm | None = None
+
+    def say(self, text: str) -> None:
+        self.say_raw(f"[{time.time() - self.t0:7.1f}s] {text}")
+
+    # --- the story ----------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        opts = self.options
+        layout = self.testbed.up(nodes=opts.nodes, gpus_per_node=opts.gpus_per_node, agents=True,
+                                 agent_args=AGENT_ARGS, timeout=60)
+        self.slurm = self.testbed.slurm()
+        self.say(f"testbed up: {layout.nodes} nodes ({', '.join(layout.node_names)}), "
+                 f"{layout.gpus_per_node} GPUs each, an agent on every node ({layout.dir})")
+        self._wait_agents()
+        self._launch()
+        summary = self._watch()
+        write_json_atomic(self.options.directory / "demo-summary.json",
+                          {"summary": summary.to_dict(), "job_id": self.job_id, "run_dir": str(self.run_dir),
+                           "faults": [f.__dict__ for f in self.faults],
+                           "attempts": [a.__dict__ for a in self.attempts]}, indent=2)
+        return summary
+
+    def _wait_agents(self) -> None:
+        layout = self.testbed.layout
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if all((layout.agent_state_dir(n) / f"{n}.json").exists() for n in layout.node_names):
+                return
+            time.sleep(0.2)
+        raise DemoError("the agents did not start; see the agent logs in " + str(layout.log_dir))
+
+    def _launch(self) -> None:
+        layout = self.testbed.layout
+        args = [sys.executable, "-m", "pitstop", "recipes", "launch", RECIPE, "cluster.nodes=2",
+                f"trainer.max_steps={self.options.steps}", f"run.root={layout.jobs_dir / 'runs'}",
+                f"cluster.rdzv_port={free_port_block(1)}", *self.options.overrides, "--json"]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **layout.env()}, cwd=layout.jobs_dir)
+        if proc.returncode != 0:
+            raise DemoError(f"launching {RECIPE} failed:\n{proc.stderr.strip()}")
+        result = json.loads(proc.stdout)
+        self.job_id, self.run_dir = result["job_id"], Path(result["run_dir"])
+        self.say(f"launched {RECIPE} on 2 nodes as job {self.job_id}; run dir {self.run_dir}")
+
+    # --- watching -----------------------------------------------------------------------
+
+    def _watch(self) -> Summary:
+        assert self.slurm is not None
+        deadline = time.time() + self.options.timeout_s
+        first_start: float | None = None
+        last_state = ""
+        next_fault_at: float | None = None
+        while time.time() < deadline:
+            now = time.time()
+            job = self._job()
+            if job is None:
+                raise DemoError(f"Slurm no longer knows job {self.job_id}")
+            self._track_attempts(job, now)
+            if job.running and first_start is None:
+                first_start = job.start_time or now
+            if job.state != last_state:
+                where = f" on {','.join(job.nodes)}" if job.running else ""
+                self.say(f"job {self.job_id} {job.state.lower()}{where}"
+                         + (f" (restart {job.restart_count})" if job.restart_count else ""))
+                last_state = job.state
+            self._read_progress()
+            self._read_checkpoints()
+            self._read_agent_events()
+            self._read_nodes(job)
+            self._repair(job)
+            if job.finished:
+                break
+            if len(self.faults) < self.options.faults and job.running:
+                if not self.faults:
+                    if self._latest_step() >= self.options.fault_after_step:
+                        self._inject(job, 0)
+                        next_fault_at = time.time() + self.options.every_s
+                elif next_fault_at is not None and now >= next_fault_at and not self._fault_open():
+                    self._inject(job, len(self.faults))
+                    next_fault_at = time.time() + self.options.every_s
+            time.sleep(0.25)
+        else:
+            raise DemoError(f"the run did not finish within {self.options.timeout_s:.0f}s")
+        finished = job.end_time or time.time()
+        if job.state != "COMPLETED":
+            self.say(f"job {self.job_id} ended {job.state}; see {self.run_dir}")
+        summary = summarize(self.steps, self.faults, self.attempts, first_start or self.t0, finished,
+                            self.fenced_nodes)
+        self.say_raw(format_summary(summary))
+        return summary
+
+    def _job(self):
+        assert self.slurm is not None
+        try:
+            return self.slurm.job(self.job_id)
+        except SlurmError as exc:
+            self.say(f"slurm: {exc}")
+            return None
+
+    def _track_attempts(self, job, now: float) -> None:
+        number = job.restart_count
+        if not self.attempts or self.attempts[-1].number != number:
+            if self.attempts and self.attempts[-1].requeued_at is None:
+                self.attempts[-1].requeued_at = now
+            self.attempts.append(Attempt(number=number))
+        attempt = self.attempts[-1]
+        # A requeued job keeps its old start time while it is still completing.
+        if job.state == "RUNNING" and attempt.started_at is None:
+            previous = self.attempts[-2].requeued_at if len(self.attempts) > 1 else None
+            started = job.start_time or now
+            attempt.started_at = started if previous is None or started >= previous else now
+            attempt.nodes = list(job.nodes)
+
+    def _latest_step(self) -> int:
+        return max((s.step for s in self.steps), default=0)
+
+    def _read_progress(self) -> None:
+        for record in iter_progress(self.run_dir):
+            key = (int(record.get("step", 0)), int(record.get("restart_count", 0)))
+            if key in self._seen_steps:
+                continue
+            self._seen_steps.add(key)
+            seen = StepSeen(step=key[0], attempt=key[1], loss=float(record.get("loss", 0.0)),
+                            step_time=float(record.get("step_time", 0.0)),
+                            ended_at=float(record.get("time", time.time())))
+            self.steps.append(seen)
+            earlier = [s for s in self.steps if s.step == seen.step and s.attempt < seen.attempt]
+            if earlier:
+                self.say(f"step {seen.step} loss {seen.loss:.4f} after the restart "
+                         f"(before it: {earlier[-1].loss:.4f})")
+            elif seen.step % 10 == 0 or seen.step == 1:
+                self.say(f"step {seen.step} loss {seen.loss:.4f} ({record.get('tokens_per_s', 0):.0f} tokens/s)")
+
+    def _read_checkpoints(self) -> None:
+        for ckpt in list_checkpoints(self.run_dir):
+            if ckpt.complete and ckpt.step not in self._checkpoints:
+                self._checkpoints.add(ckpt.step)
+                self.say(f"checkpoint step {ckpt.step} complete ({ckpt.size_bytes / 1e6:.1f} MB)")
+        out = self.run_dir / f"slurm-{self.job_id}.out"
+        if out.exists():
+            for attempt in self.attempts:
+                if attempt.number and not attempt.resumed_from:
+                    step = _resumed_step(out, attempt.number)
+                    if step:
+                        attempt.resumed_from = step
+                        self.say(f"restart {attempt.number} resumed from checkpoint step {step}")
+
+    def _read_agent_events(self) -> None:
+        layout = self.testbed.layout
+        for node in layout.node_names:
+            path = layout.agent_state_dir(node) / f"{node}.events.jsonl"
+            offset = self._event_offsets.get(node, 0)
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            complete = data.rfind(b"\n") + 1  # a line still being written waits for next time
+            self._event_offsets[node] = offset + complete
+            for line in data[:complete].decode("utf-8", "replace").splitlines():
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self._agent_event(node, event)
+
+    def _agent_event(self, node: str, event: dict) -> None:
+        kind = event.get("kind")
+        if kind == "decision":
+            finding = event.get("finding", {})
+            what = " ".join(p for p in (finding.get("signal"), finding.get("code"), finding.get("device")) if p)
+            self.say(f"{node} agent: {what} -> {event.get('action_class')}"
+                     + (" (already handled)" if event.get("duplicate") else ""))
+            self._detected(node, finding.get("signal", ""), float(event.get("time", time.time())), "agent")
+        elif kind == "action":
+            detail = event.get("reason") or event.get("detail") or ""
+            job = f" job {event['job_id']}" if event.get("job_id") else ""
+            status = "" if event.get("ok", True) else " (not done)"
+            self.say(f"{node} agent: {event.get('action')}{job}{status} {detail}".rstrip())
+
+    def _detected(self, node: str, signal_name: str, at: float, by: str) -> None:
+        expected = {"xid79": {"xid", "gpu_fallen_off_bus"}, "xid48": {"xid"}, "nccl": {"collective_timeout"},
+                    "stall": {"step_stall", "collective_timeout"}, "slurmd": {"node_down"}}
+        for fault in self.faults:
+            if fault.detected_at is None and at >= fault.at - 0.01 and signal_name in expected[fault.kind] \
+                    and (fault.node == node or fault.kind in {"nccl", "stall"}):
+                fault.detected_at, fault.detected_by = at, by
+                return
+
+    def _read_nodes(self, job) -> None:
+        assert self.slurm is not None
+        for node in self.slurm.nodes():
+            before = self._node_reasons.get(node.name, "")
+            if node.reason != before:
+                if node.fenced_by_pitstop:
+                    self.say(f"{node.name} {node.state_label} in Slurm: \"{node.reason}\"")
+                    if node.name not in self.fenced_nodes:
+                        self.fenced_nodes.append(node.name)
+                elif not node.reason:
+                    self.say(f"{node.name} back in service ({node.state_label})")
+                self._node_reasons[node.name] = node.reason
+            if self._stopped_slurmd == node.name and ("NOT_RESPONDING" in node.flags or node.down):
+                self._detected(node.name, "node_down", time.time(), "slurm")
+
+    def _repair(self, job) -> None:
+        """Play the operator: a drained or failed node is replaced once the job runs
+        elsewhere, a stopped slurmd is started again once Slurm has moved the job."""
+        assert self.slurm is not None
+        if self._stopped_slurmd and (job.restart_count > self._restart_at_stop or job.finished):
+            self.testbed.inject(self._stopped_slurmd, "slurmd-start")
+            self.say(f"{self._stopped_slurmd}: slurmd started again (the node is repaired)")
+            self._stopped_slurmd = None
+        if not job.running:
+            return
+        for node in self.slurm.nodes():
+            if node.fenced_by_pitstop and (node.drained or node.failed) and node.name not in job.nodes \
+                    and not {"REBOOT_ISSUED", "REBOOT_REQUESTED"} & set(node.flags):
+                self.slurm.resume(node.name)
+                self.say(f"{node.name} replaced with a healthy node (resumed by the operator)")
+
+    def _fault_open(self) -> bool:
+        return any(f.detected_at is None for f in self.faults) or self._stopped_slurmd is not None
+
+    # --- faults -------------------------------------------------------------------------
+
+    def _inject(self, job, index: int) -> None:
+        kind = "xid79" if self.options.faults == 1 else FAULT_KINDS[index % len(FAULT_KINDS)]
+        target = job.nodes[-1]
+        now = time.time()
+        if kind == "xid79":
+            detail = self.testbed.inject(target, "xid:79:1")
+            text = "XID 79 on GPU 1 (fallen off the bus)"
+        elif kind == "xid48":
+            detail = self.testbed.inject(target, "xid:48:0")
+            text = "XID 48 on GPU 0 (double-bit ECC error)"
+        elif kind == "nccl":
+            detail = self.testbed.inject(target, "nccl-timeout")
+            text = "an NCCL watchdog timeout in the job's log"
+        elif kind == "stall":
+            ranks = _rank_pids(self.run_dir)
+            if not ranks:
+                raise DemoError("no training rank to stop")
+            os.kill(ranks[-1], signal.SIGSTOP)
+            self._stopped_ranks.append(ranks[-1])
+            detail, text = f"SIGSTOP to pid {ranks[-1]}", "a rank that stops making progress"
+        else:
+            self._restart_at_stop = job.restart_count
+            detail = self.testbed.inject(target, "slurmd-stop")
+            self._stopped_slurmd = target
+            text = "its slurmd dies"
+        self.faults.append(FaultInjected(kind=kind, node=target, at=now, detail=detail))
+        self.say(f"FAULT {len(self.faults)}: {target}: {text}")
+
+    def close(self) -> None:
+        for pid in self._stopped_ranks:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if not self.options.keep:
+            self.testbed.down()
+
+
+def _rank_pids(run_dir: Path) -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if str(run_dir) in cmdline and "pitstop.recipes.train" in cmdline and \
+                not any("torchrun" in c for c in cmdline[:2]):
+            pids.append(proc.info["pid"])
+    return sorted(pids)
+
+
+def _resumed_step(out: Path, attempt: int) -> int:
+    """The checkpoint step restart `attempt` loaded, from the runtime's own log line."""
+    try:
+        text = out.read_text(errors="replace")
+    except OSError:
+        return 0
+    starts = [line for line in text.splitlines() if "training from step" in line]
+    if len(starts) > attempt:
+        try:
+            return int(starts[attempt].split("training from step", 1)[1].split()[0])
+        except (IndexError, ValueError):
+            return 0
+    return 0
