@@ -150,7 +150,8 @@ class Demo:
                     if self._latest_step() >= self.options.fault_after_step:
                         self._inject(job, 0)
                         next_fault_at = time.time() + self.options.every_s
-                elif next_fault_at is not None and now >= next_fault_at and not self._fault_open():
+                elif next_fault_at is not None and now >= next_fault_at and not self._fault_open() \
+                        and self._steps_in_attempt(job.restart_count) >= 3:
                     self._inject(job, len(self.faults))
                     next_fault_at = time.time() + self.options.every_s
             time.sleep(0.25)
@@ -185,6 +186,10 @@ class Demo:
             started = job.start_time or now
             attempt.started_at = started if previous is None or started >= previous else now
             attempt.nodes = list(job.nodes)
+
+    def _steps_in_attempt(self, attempt: int) -> int:
+        """A campaign's next fault waits until the run trains again after the last one."""
+        return sum(1 for s in self.steps if s.attempt == attempt)
 
     def _latest_step(self) -> int:
         return max((s.step for s in self.steps), default=0)
