@@ -51,6 +51,7 @@ class DemoOptions:
     overrides: list[str] = field(default_factory=list)
     timeout_s: float = 1800.0
     keep: bool = False
+    duration_s: float | None = None  # end the measurement after this long (the job is cancelled)
 
 
 class Demo:
@@ -144,6 +145,11 @@ class Demo:
             self._read_nodes(job)
             self._repair(job)
             if job.finished:
+                break
+            if self.options.duration_s and first_start and now - first_start >= self.options.duration_s:
+                self.say(f"{self.options.duration_s:.0f}s of training measured; cancelling job {self.job_id}")
+                self.slurm.cancel(self.job_id)
+                job.end_time = now
                 break
             if len(self.faults) < self.options.faults and job.running:
                 if not self.faults:
