@@ -95,6 +95,7 @@ class Agent:
         self._server = None
         self._watched_jobs: set[str] = set()
         self._requeued: dict[str, float] = {}
+        self._cursor_saved_at = 0.0
         self.port = 0
 
     # --- lifecycle --------------------------------------------------------------------
@@ -123,15 +124,19 @@ class Agent:
         timers = {"jobs": Timer(self.config.jobs_interval_s), "telemetry": Timer(self.config.interval_s),
                   "save": Timer(10.0), "watchdog": Timer(sdnotify.watchdog_interval() or 3600.0)}
         try:
+            idle_polls = 0
             while not self._stop.is_set():
-                timeout = self.config.kmsg_poll_s if fd is None else min(1.0, self.config.interval_s)
                 if fd is not None:
-                    selector.select(timeout)
+                    selector.select(min(1.0, self.config.interval_s))
                 else:
-                    self._stop.wait(timeout)
-                self.tick(time.time(), timers)
+                    # A plain file has no wake-up: poll fast while lines arrive, and back
+                    # off to 5x the poll interval while it is quiet.
+                    self._stop.wait(self.config.kmsg_poll_s * min(5, 1 + idle_polls))
+                read = self.tick(time.time(), timers)
+                idle_polls = 0 if read else idle_polls + 1
         finally:
             selector.close()
+            self.kmsg.commit()
             if self.neuron is not None:
                 self.neuron.close()
             self._save(time.time())
@@ -143,16 +148,25 @@ class Agent:
             log.info("pitstop agent on %s stopped", self.node)
         return 0
 
-    def tick(self, now: float, timers: dict[str, Timer]) -> None:
-        """One pass: read what is new, decide, act. Errors are logged and counted, never
-        fatal: the agent that dies of a bad line is the agent that misses the next fault."""
+    def tick(self, now: float, timers: dict[str, Timer]) -> bool:
+        """One pass: read what is new, decide, act; True when kernel-log lines arrived.
+        Errors are logged and counted, never fatal: the agent that dies of a bad line is
+        the agent that misses the next fault."""
         self.status.loops += 1
+        read = False
         try:
             if timers["jobs"].ready(now):
                 self._reconcile(now)
                 self._refresh_jobs(now)
-            self._handle(self.kmsg.poll(now), now)
-            self.kmsg.commit()
+            before = self.kmsg.follower.stats.records
+            findings = self.kmsg.poll(now)
+            read = self.kmsg.follower.stats.records != before
+            self._handle(findings, now)
+            # The cursor is written (and synced) once a second, or at once after a finding:
+            # a crash replays at most a second of lines, and the history makes those duplicates.
+            if findings or now - self._cursor_saved_at >= 1.0:
+                self.kmsg.commit()
+                self._cursor_saved_at = now
             self._check_boot(now)
             self._handle(self.joblogs.poll(now) + self.progress.poll(now), now)
             if timers["telemetry"].ready(now):
@@ -165,6 +179,7 @@ class Agent:
             self._error(f"slurm: {exc}")
         except OSError as exc:
             self._error(f"os: {exc}")
+        return read
 
     def _error(self, message: str) -> None:
         if message != self.status.last_error:

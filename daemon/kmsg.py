@@ -309,6 +309,14 @@ class KmsgFollower:
         """
         if self.mode == "device":
             return False
+        try:
+            st = os.stat(self.boot_id_path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp == getattr(self, "_boot_stamp", None):
+            return False  # a stat is cheap; reading the file every pass is not
+        self._boot_stamp = stamp
         current = read_boot_id(self.boot_id_path)
         if not current or current == self.boot_id:
             return False
