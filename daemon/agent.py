@@ -158,9 +158,9 @@ class Agent:
             if timers["jobs"].ready(now):
                 self._reconcile(now)
                 self._refresh_jobs(now)
-            before = self.kmsg.follower.stats.records
+            before = _lines_seen(self.kmsg.follower.stats)
             findings = self.kmsg.poll(now)
-            read = self.kmsg.follower.stats.records != before
+            read = _lines_seen(self.kmsg.follower.stats) != before
             self._handle(findings, now)
             # The cursor is written (and synced) once a second, or at once after a finding:
             # a crash replays at most a second of lines, and the history makes those duplicates.
@@ -257,8 +257,7 @@ class Agent:
                     NeuronThresholds(expected_devices=self.config.expected_neuron_devices), now)
                 findings += found
         stats = self.kmsg.follower.stats
-        self.metrics.observe_kmsg(stats.records if hasattr(stats, "records") else 0,
-                                  sum(stats.skipped.values()) if hasattr(stats, "skipped") else 0)
+        self.metrics.observe_kmsg(_lines_seen(stats), sum(stats.skipped.values()))
         self._handle(findings, now)
         self.store.expire_findings(now, FINDING_MAX_AGE_S)
 
@@ -363,6 +362,10 @@ class Agent:
                                              "dry_run": self.config.dry_run,
                                              "breaker_open": self.status.breaker_open},
                 **state}
+
+
+def _lines_seen(stats) -> int:
+    return stats.records + stats.passed_over + sum(stats.skipped.values())
 
 
 def _run_dir_of(stdout: str, work_dir: str) -> Path | None:

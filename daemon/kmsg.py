@@ -93,12 +93,14 @@ class ParseStats:
     records: int = 0
     skipped: Counter = field(default_factory=Counter)
     replayed: int = 0  # records of this boot already seen before a restart
+    passed_over: int = 0  # well-formed lines no pattern can match, never parsed further
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
 
     def to_dict(self) -> dict[str, object]:
-        return {"records": self.records, "skipped": dict(self.skipped), "replayed": self.replayed}
+        return {"records": self.records, "skipped": dict(self.skipped), "replayed": self.replayed,
+                "passed_over": self.passed_over}
 
 
 def _is_binary(text: str) -> bool:
@@ -243,7 +245,8 @@ class KmsgFollower:
 
     def __init__(self, path: Path | str = DEV_KMSG, *, cursor_path: Path | str | None = None,
                  boot_id_path: Path | str = BOOT_ID_PATH, mode: str = "auto",
-                 read: Callable[[int], bytes] | None = None) -> None:
+                 read: Callable[[int], bytes] | None = None,
+                 interesting: Callable[[str], bool] | None = None) -> None:
         self.path = Path(path)
         self.cursor_path = Path(cursor_path) if cursor_path is not None else None
         self.boot_id_path = Path(boot_id_path)
@@ -253,6 +256,9 @@ class KmsgFollower:
             raise ValueError(f"kmsg mode must be device, file or auto, not {mode!r}")
         self.mode = mode
         self.stats = ParseStats()
+        # A plain file's lines that no pattern can match only move the cursor: most lines
+        # of a busy kernel log are skipped before they are parsed into records.
+        self.interesting = interesting
         self._read = read
         self._fd: int | None = None
         self._tailer: LineTailer | None = None
@@ -390,7 +396,11 @@ class KmsgFollower:
     def _group_file_lines(self, lines: list[str]) -> list[KmsgRecord]:
         """Records from plain lines; ` KEY=value` lines belong to the record before."""
         records: list[KmsgRecord] = []
+        interesting = self.interesting
         for line in lines:
+            if interesting is not None and not line.startswith(" ") and not interesting(line):
+                self._pass_over(line)
+                continue
             if line.startswith(" ") and "=" in line and not _DMESG_PREFIX.match(line):
                 if records:
                     _continuations([line], records[-1], self.stats)
@@ -401,6 +411,27 @@ class KmsgFollower:
             if record is not None:
                 records.append(record)
         return records
+
+    def _pass_over(self, line: str) -> None:
+        """A line no pattern wants: classify it cheaply and keep its sequence number for
+        the cursor, without building a record (most lines of a busy log end here)."""
+        if _is_binary(line):
+            self.stats.skip("binary")
+            return
+        head = line.split(",", 3)
+        if not (len(head) >= 3 and head[0].isdigit()):
+            self.stats.passed_over += 1  # a dmesg or bare line: no sequence number
+            return
+        usec = head[2].split(";", 1)[0]
+        if not (head[1].isdigit() and usec.isdigit() and ";" in line):
+            self.stats.skip("malformed_header")
+            return
+        self.stats.passed_over += 1
+        seq = int(head[1])
+        if self._skip_through is not None and seq <= self._skip_through:
+            self.stats.replayed += 1
+        else:
+            self._newest_seq = max(seq, self._newest_seq or 0)
 
 
 def _is_char_device(path: Path) -> bool:
@@ -422,6 +453,8 @@ class KmsgSource:
         self.node = node
         self.follower = follower
         self.patterns = patterns or PatternSet.load(KMSG_PATTERNS)
+        if follower.interesting is None:
+            follower.interesting = self.patterns.may_match
         self.gpus = gpus or GpuMap()
         self.coalescer = Coalescer(quiet_s=quiet_s)
         self._boot_id: str | None = None

@@ -162,6 +162,10 @@ class PatternSet:
             patterns.append(pattern)
         return cls(patterns, file)
 
+    def may_match(self, line: str) -> bool:
+        """The cheap test: False when no pattern can match `line` (most lines)."""
+        return self._prefilter is not None and self._prefilter.search(line) is not None
+
     def match(self, line: str, gpus: GpuMap | None = None) -> Match | None:
         """The first pattern (in file order) that matches `line`, or None."""
         if self._prefilter is None:
