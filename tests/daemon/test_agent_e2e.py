@@ -39,6 +39,12 @@ def agents(testbed):
         testbed.stop_agent(layout, node)
     layout.agents = False
     layout.save()
+    # The agents are gone: their state would tell later tests about faults of this module.
+    shutil.rmtree(layout.agent_root, ignore_errors=True)
+    slurm = testbed.slurm()
+    fenced = [n.name for n in slurm.nodes() if n.drained or n.failed or n.down]
+    if fenced:
+        slurm.resume(fenced)
 
 
 def _state(layout, node: str) -> dict | None:
