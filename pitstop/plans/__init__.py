@@ -1,0 +1,1 @@
+"""pitstop.plans: training plans — find capacity, book it as Slurm reservations, carry a run."""
