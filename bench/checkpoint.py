@@ -9,20 +9,15 @@ figures include everything the training loop waits for: the rank's JSON state fi
 (fsync'd), the state-dict gather, dcp's staging and planning, and for a blocking save the
 fsync'd data, `.metadata` and the fsync'd `.complete` marker.
 
+The async row drives the Checkpointer as train.py does (background_staging=True): save()
+returns at once, the next step's forward/backward runs beside the staging copy, and the
+loop waits in staged() before its optimizer.step; held up = save() + that wait.
+
 Blocking times are warm: the first save of each kind is discarded, the median of the rest
 is reported (`--reps` saves each, at least 4). Throughput is bytes on disk over the
 seconds until the checkpoint is durable and marked, against `dd if=/dev/zero bs=4M
 conv=fsync` of the same bytes run just before each save. Restore is load_latest into a
 freshly built model and AdamW, with the checkpoint in the page cache and evicted from it.
-
-The rows marked "prototype" are not the runtime: each is the Checkpointer subclassed with
-one change to what it passes dcp (the rest of its code runs as is), to size a fix:
-  proto-kept        one DefaultStager kept for the run (staging buffers allocated once)
-  proto-bg          the same, staging in the stager's background thread; the loop waits
-                    for the staging only before its next optimizer.step
-  proto-sync-t2     a FileSystemWriter with 2 writer threads
-  proto-sync-nocrc  torch.save's CRC-32 off (torch.utils.serialization.config)
-  proto-bg-nocrc    proto-bg with the CRC-32 off
 
     .venv/bin/python bench/checkpoint.py [--quick] [--reps 4] [--dim 768 --layers 12]
 """
@@ -42,10 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
-import torch.utils.serialization.config as serialization_config
-from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,82 +49,6 @@ from recipes.model import ModelConfig, build_model  # noqa: E402
 
 MB = 1_000_000
 DD_BLOCK = 4 * 1024 * 1024
-
-
-# --- the prototypes: the Checkpointer with one change to its dcp.async_save call --------
-
-class _DcpWithStager:
-    """Stands in for the `dcp` module inside recipes.checkpoint for one save: the same
-    functions, but async_save is given the stager the prototype keeps. With a stager that
-    stages in the background, async_save answers an AsyncSaveResponse; the Checkpointer
-    gets its upload future and the staging future is kept for the training loop."""
-
-    def __init__(self, stager: DefaultStager, writer_threads: int):
-        self.stager = stager
-        self.writer_threads = writer_threads
-        self.staging: object | None = None
-
-    def _writer(self, kwargs: dict) -> dict:
-        if self.writer_threads > 1:
-            kwargs["storage_writer"] = FileSystemWriter(kwargs.pop("checkpoint_id"),
-                                                        thread_count=self.writer_threads)
-        return kwargs
-
-    def save(self, *args, **kwargs):
-        return dcp.save(*args, **self._writer(kwargs))
-
-    def async_save(self, *args, **kwargs):
-        kwargs = self._writer(kwargs)
-        response = dcp.async_save(*args, async_stager=self.stager, **kwargs)
-        if isinstance(response, dcp.state_dict_saver.AsyncSaveResponse):
-            self.staging = response.staging_completion
-            return response.upload_completion
-        self.staging = None
-        return response
-
-    def __getattr__(self, name):
-        return getattr(dcp, name)
-
-
-class PrototypeCheckpointer(Checkpointer):
-    """Checkpointer whose async saves go through one DefaultStager kept for the run, so
-    the staging buffers are allocated once and every later save only copies into them
-    (safe: only one save is ever in flight, and save() waits for it first).
-    background=True also stages in the stager's own thread; the training loop must then
-    wait for `staged()` before it next changes the parameters (optimizer.step).
-    writer_threads > 1 gives dcp a FileSystemWriter with that many writer threads (one
-    file each; fsync'd as before) for sync and async saves alike.
-    crc32=False turns off the CRC-32 torch.save computes over every record it writes (a
-    process-wide torch setting, off for this checkpointer's lifetime, background writes
-    included)."""
-
-    def __init__(self, *args, background: bool = False, writer_threads: int = 1, crc32: bool = True,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.crc32_before = serialization_config.save.compute_crc32
-        serialization_config.save.compute_crc32 = crc32
-        self.stager = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False,
-                                                   use_async_staging=background,
-                                                   use_non_blocking_copy=False))
-        self.shim = _DcpWithStager(self.stager, writer_threads)
-
-    def save(self, *args, **kwargs) -> bool:
-        original = runtime_checkpoint.dcp
-        runtime_checkpoint.dcp = self.shim
-        try:
-            return super().save(*args, **kwargs)
-        finally:
-            runtime_checkpoint.dcp = original
-
-    def staged(self) -> None:
-        if self.shim.staging is not None:
-            self.shim.staging.result()
-            self.shim.staging = None
-
-    def close(self) -> None:
-        self.wait()
-        self.stager.close()
-        serialization_config.save.compute_crc32 = self.crc32_before
 
 
 # --- set-up -------------------------------------------------------------------------------
@@ -203,16 +119,9 @@ def bench_saves(root: Path, model, optimizer, group, args, step0: int, kind: str
     complete (durable and marked), bytes on disk. For sync, a dd of the same bytes runs
     just before each save so that both see the same moment's disk."""
     run_dir = root / kind
-    durable = kind in ("sync", "proto-sync-t2", "proto-sync-nocrc")  # blocking saves, each paired with a dd
-    if kind == "sync":
-        ckpt = Checkpointer(run_dir, keep=1, use_async=False, rank=0, process_group=group)
-    elif kind == "async":
-        ckpt = Checkpointer(run_dir, keep=1, use_async=True, rank=0, process_group=group)
-    else:
-        ckpt = PrototypeCheckpointer(run_dir, keep=1, use_async=True, rank=0, process_group=group,
-                                     background=kind.startswith("proto-bg"),
-                                     writer_threads=2 if kind.endswith("-t2") else 1,
-                                     crc32=not kind.endswith("-nocrc"))
+    durable = kind == "sync"  # blocking saves, each paired with a dd
+    ckpt = Checkpointer(run_dir, keep=1, use_async=not durable, rank=0, process_group=group,
+                        background_staging=not durable)  # as train.py makes it
     blocked, complete, dd_times, sizes, extra = [], [], [], [], []
     for i in range(args.reps):
         step = step0 + i
@@ -222,7 +131,7 @@ def bench_saves(root: Path, model, optimizer, group, args, step0: int, kind: str
         started = time.perf_counter()
         ok = ckpt.save(step, model, optimizer, rank_state(), blocking=durable)
         returned = time.perf_counter()
-        if kind.startswith("proto-bg"):
+        if not durable:
             # The training loop's next step overlaps the staging; it waits for the staging
             # before optimizer.step. Held up = save() + that wait.
             optimizer.zero_grad(set_to_none=True)
@@ -234,7 +143,7 @@ def bench_saves(root: Path, model, optimizer, group, args, step0: int, kind: str
             optimizer.step()
         ok = ckpt.wait() and ok
         done = time.perf_counter()
-        if kind.startswith("proto-bg"):  # the same forward/backward with no save running
+        if not durable:  # the same forward/backward with no save running
             optimizer.zero_grad(set_to_none=True)
             fb_started = time.perf_counter()
             forward_backward(model, model.config, args)
@@ -251,8 +160,7 @@ def bench_saves(root: Path, model, optimizer, group, args, step0: int, kind: str
         complete.append(done - started)
         if durable and i == 0:
             dd_times.append(dd(root / "dd.bin", sizes[0]))
-    if isinstance(ckpt, PrototypeCheckpointer):
-        ckpt.close()
+    ckpt.close()
     if durable:  # nothing trained since the last save: it must load back the same
         fresh_model, fresh_optimizer = make_trainer(model.config, args, seed=99)
         Checkpointer(run_dir, keep=1, use_async=False, rank=0, process_group=group).load_latest(
@@ -335,7 +243,6 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--no-prototype", action="store_true", help="leave out the prototype rows")
     args = parser.parse_args()
     if args.quick:
         args.dim, args.layers, args.ffn_dim, args.heads, args.kv_heads = 256, 4, 688, 8, 4
@@ -367,9 +274,7 @@ def run(root: Path, args) -> int:
     print(f"checkpoints under {root} (filesystem of /tmp); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {args.reps} saves of each kind, the first discarded")
 
-    kinds = ["sync", "async"] + ([] if args.no_prototype else
-                                 ["proto-kept", "proto-bg", "proto-sync-t2", "proto-sync-nocrc",
-                                  "proto-bg-nocrc"])
+    kinds = ["sync", "async"]
     results = {}
     step0 = 1
     for kind in kinds:
@@ -379,7 +284,7 @@ def run(root: Path, args) -> int:
               f"complete {', '.join(f'{t:.2f}' for t in results[kind]['complete'])} s", flush=True)
         shutil.rmtree(results[kind]["run_dir"], ignore_errors=True)
     breakdown = bench_breakdown(model, optimizer, group, args)
-    restore_dir = root / "restore"  # the model as it is now (the prototype rows trained on)
+    restore_dir = root / "restore"  # the model as it is now (the async row trained on)
     if not Checkpointer(restore_dir, keep=1, use_async=False, rank=0, process_group=group).save(
             step0, model, optimizer, rank_state(), blocking=True):
         raise RuntimeError("the save to restore from failed")
@@ -395,21 +300,16 @@ def run(root: Path, args) -> int:
     print("\nblocking time (seconds the training loop is held up; warm median):")
     print(f"{'save':<50} {'median s':>9} {'min s':>7} {'max s':>7} {'vs sync':>8}")
     rows = [("sync  Checkpointer.save(blocking=True)", "sync"),
-            ("async Checkpointer.save(blocking=False)", "async"),
-            ("prototype: async, stager kept across saves", "proto-kept"),
-            ("prototype: async, background staging *", "proto-bg"),
-            ("prototype: sync, 2 writer threads", "proto-sync-t2"),
-            ("prototype: sync, torch.save CRC-32 off", "proto-sync-nocrc"),
-            ("prototype: async, background staging, CRC-32 off *", "proto-bg-nocrc")]
+            ("async Checkpointer.save(blocking=False)+staged() *", "async")]
     for label, kind in rows:
         if kind in results:
             values = results[kind]["blocked"]
             w = values[1:]
             print(f"{label:<50} {warm(values):>9.3f} {min(w):>7.3f} {max(w):>7.3f} "
                   f"{warm(values) / sync_block:>8.3f}")
-    print(f"ratio async/sync (the runtime as it is): {async_block / sync_block:.3f} (target <= 0.1: "
+    print(f"ratio async/sync (the runtime): {async_block / sync_block:.3f} (target <= 0.1: "
           f"{'met' if async_block / sync_block <= 0.1 else 'missed'})")
-    for kind in ("proto-bg", "proto-bg-nocrc"):
+    for kind in ("async",):
         if kind in results:
             fb = statistics.median(e[0] for e in results[kind]["extra"][1:])
             wait = statistics.median(e[1] for e in results[kind]["extra"][1:])
@@ -422,8 +322,8 @@ def run(root: Path, args) -> int:
 
     print("\nwhere the async save's blocking time goes (warm median):")
     print(f"  state-dict gather (get_model/optimizer_state_dict): {warm(breakdown['gather']):.3f} s")
-    print(f"  staging copy, fresh DefaultStager (what async_save makes per save): {warm(breakdown['fresh']):.3f} s")
-    print(f"  staging copy, DefaultStager kept across saves: {warm(breakdown['kept']):.3f} s")
+    print(f"  staging copy, fresh DefaultStager (what async_save makes per save unless given one): {warm(breakdown['fresh']):.3f} s")
+    print(f"  staging copy, DefaultStager kept across saves (the runtime; in the background): {warm(breakdown['kept']):.3f} s")
 
     print("\nsave throughput (bytes on disk / seconds until durable: data fsync'd, .metadata, .complete;")
     print("each sync save is paired with a dd of the same bytes run just before it; 'vs dd' is the")
@@ -431,8 +331,7 @@ def run(root: Path, args) -> int:
     print(f"{'write':<50} {'MB':>8} {'median s':>9} {'MB/s':>8} {'vs dd':>7}")
     dd_bytes = math.ceil(nbytes / DD_BLOCK) * DD_BLOCK
     ratios = {}
-    for label, kind in (("sync Checkpointer.save", "sync"), ("prototype: sync, 2 writer threads", "proto-sync-t2"),
-                        ("prototype: sync, torch.save CRC-32 off", "proto-sync-nocrc")):
+    for label, kind in (("sync Checkpointer.save", "sync"),):
         if kind not in results:
             continue
         r = results[kind]
@@ -446,8 +345,7 @@ def run(root: Path, args) -> int:
         print(f"{label:<50} {r['bytes'] / MB:>8.1f} {warm(r['complete']):>9.2f} {tput:>8.1f} "
               f"{ratios[kind]:>7.2f}")
     dd_sync = dd_bytes / warm(sync["dd"]) / MB
-    for label, kind in (("async Checkpointer.save .. wait (complete)", "async"),
-                        ("prototype: async, stager kept .. wait", "proto-kept")):
+    for label, kind in (("async Checkpointer.save .. wait (complete)", "async"),):
         if kind in results:
             r = results[kind]
             tput = r["bytes"] / warm(r["complete"]) / MB
@@ -455,8 +353,6 @@ def run(root: Path, args) -> int:
                   f"{tput / dd_sync:>7.2f}")
     print(f"ratio checkpoint/dd (the runtime's sync save): {ratios['sync']:.2f} (target >= 0.7: "
           f"{'met' if ratios['sync'] >= 0.7 else 'missed'})")
-    if "proto-sync-nocrc" in ratios:
-        print(f"  prototype with torch.save's CRC-32 off: {ratios['proto-sync-nocrc']:.2f}")
 
     print("\nrestore (Checkpointer.load_latest into a fresh model + AdamW; warm median):")
     print(f"  checkpoint in the page cache: {warm(restore['cached']):.2f} s; "

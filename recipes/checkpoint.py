@@ -7,10 +7,20 @@ states. The `.complete` marker is written by rank 0, atomically, only once every
 files are written and fsync'd (dcp's coordinator writes `.metadata` only after it has
 gathered every rank's write result), so a directory without it is never loaded.
 
-Async saves stage the state into memory on the training thread (that is all the step
-waits for) and write it from a background thread over a separate gloo process group, so
-its collectives never interleave with the training loop's. Only one save is in flight:
-the next one, and the exit, first wait for it.
+Async saves stage (copy) the state into host memory and write it from a background thread
+over a separate gloo process group, so its collectives never interleave with the training
+loop's. The staging buffers (pinned on a CUDA machine) belong to one DefaultStager kept for
+the Checkpointer's life, allocated at the first async save and refilled by every later
+one; `close()` frees them. By default save() returns once the copy is done (that is all the
+step waits for); with background_staging=True the copy runs in the stager's thread and the
+caller must call `staged()` before it next changes the state (the training loop: before
+its next optimizer.step). Only one save is in flight: the next one, and the exit, first
+wait for it.
+
+Checkpoint files are written without torch.save's per-record CRC-32 (about a third of the
+write time, and torch.load never checks it: the marker and fsync are what make a checkpoint
+trustworthy here): the process-wide setting is off from a save's start until it is
+finished, then put back.
 
 Keep-last-k deletes only after a newer checkpoint is complete: the complete ones beyond
 the newest k, and incomplete ones older than the newest complete. A failed save (a full
@@ -36,7 +46,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+import torch.utils.serialization.config as serialization_config
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -103,12 +116,14 @@ class PendingSave:
     path: Path
     future: Any
     started: float
+    crc32_before: bool
 
 
 @dataclass
 class SaveStats:
-    """Per save: seconds the training loop was held up (blocked: staging, or all of a
-    blocking save; waited: for the previous save), seconds until complete, failed steps."""
+    """Per save: seconds the training loop was held up (blocked: staging, save() and then
+    staged() with background staging, or all of a blocking save; waited: for the previous
+    save), seconds until complete, failed steps."""
     blocked: list[float] = field(default_factory=list)
     waited: list[float] = field(default_factory=list)
     completed: list[float] = field(default_factory=list)
@@ -117,19 +132,35 @@ class SaveStats:
 
 class Checkpointer:
     def __init__(self, run_dir: Path, *, keep: int, use_async: bool, rank: int,
-                 process_group: dist.ProcessGroup | None, frozen_params_ignored: bool = False):
+                 process_group: dist.ProcessGroup | None, frozen_params_ignored: bool = False,
+                 background_staging: bool = False):
         """frozen_params_ignored: leave frozen parameters (a LoRA base, rebuilt from
-        model.init_from on every start) out of the checkpoint."""
+        model.init_from on every start) out of the checkpoint. background_staging: an async
+        save returns before the state is copied; call staged() before changing it."""
         self.run_dir = Path(run_dir)
         self.keep = keep
         self.use_async = use_async
         self.rank = rank
+        self.background_staging = background_staging
         self.process_group = process_group
         self.options = StateDictOptions(ignore_frozen_params=frozen_params_ignored,
                                         strict=not frozen_params_ignored)
         self.pending: PendingSave | None = None
+        self.staging: Any = None  # the in-flight save's copy into the stager's buffers
+        self.stager: DefaultStager | None = None  # made at the first async save
         self.last_saved_step: int | None = None
         self.stats = SaveStats()
+
+    def _stager(self, model: torch.nn.Module) -> DefaultStager:
+        """The one stager of this Checkpointer's life. Reusing its buffers is safe: only one
+        save is ever in flight, and save() waits for the previous one first. Its buffers are
+        pinned when the model is on a GPU (faster device-to-host copies)."""
+        if self.stager is None:
+            on_gpu = any(p.device.type == "cuda" for p in model.parameters())
+            self.stager = DefaultStager(StagingOptions(
+                use_pinned_memory=on_gpu and torch.cuda.is_available(), use_shared_memory=False,
+                use_async_staging=self.background_staging, use_non_blocking_copy=False))
+        return self.stager
 
     def _state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         return {"model": get_model_state_dict(model, options=self.options),
@@ -157,8 +188,9 @@ class Checkpointer:
 
     def save(self, step: int, model, optimizer, rank_state: dict, *, blocking: bool) -> bool:
         """Save at step (every rank calls it at the same step). A blocking save returns
-        whether the checkpoint is complete; an async one returns once the state is staged
-        (its outcome shows at `poll`/`wait`). False means this save failed."""
+        whether the checkpoint is complete; an async one returns once the state is staged,
+        or with background_staging once the copy is started (wait for it with `staged()`);
+        its outcome shows at `poll`/`wait`. False means this save failed."""
         self.wait()
         if step == self.last_saved_step:
             return True
@@ -175,21 +207,41 @@ class Checkpointer:
             prepared = exc
         if not self._all_ok(prepared is None):
             return self._finish(step, path, started, prepared or OSError("another rank could not write"))
+        crc32_before = serialization_config.save.compute_crc32
+        serialization_config.save.compute_crc32 = False
         try:
             state = self._state(model, optimizer)
             if blocking or not self.use_async:
                 dcp.save(state, checkpoint_id=path, process_group=self.process_group,
                          no_dist=not dist.is_initialized())
                 self.stats.blocked.append(time.monotonic() - started)
-                return self._finish(step, path, started, error=None)
-            future = dcp.async_save(state, checkpoint_id=path, process_group=self.process_group,
-                                    no_dist=not dist.is_initialized())
+                return self._finish(step, path, started, error=None, crc32_before=crc32_before)
+            response = dcp.async_save(state, checkpoint_id=path, process_group=self.process_group,
+                                      no_dist=not dist.is_initialized(), async_stager=self._stager(model))
         except (Exception, CheckpointException) as exc:  # dcp's, on every rank when one rank fails
             self.stats.blocked.append(time.monotonic() - started)
-            return self._finish(step, path, started, error=exc)
+            return self._finish(step, path, started, error=exc, crc32_before=crc32_before)
+        if isinstance(response, AsyncSaveResponse):
+            self.staging, future = response.staging_completion, response.upload_completion
+        else:
+            future = response
         self.stats.blocked.append(time.monotonic() - started)
-        self.pending = PendingSave(step, path, future, started)
+        self.pending = PendingSave(step, path, future, started, crc32_before)
         return True
+
+    def staged(self) -> None:
+        """Block until the in-flight save has copied the state; call before changing it
+        (optimizer.step). A failed copy shows as that save's failure at poll/wait."""
+        staging, self.staging = self.staging, None
+        if staging is None:
+            return
+        waited_from = time.monotonic()
+        try:
+            staging.result()
+        except Exception:  # noqa: BLE001 - the upload future carries it
+            pass
+        if self.stats.blocked:
+            self.stats.blocked[-1] += time.monotonic() - waited_from
 
     def poll(self) -> bool:
         """Finish the in-flight save if it is done; never blocks. False if it failed."""
@@ -202,6 +254,7 @@ class Checkpointer:
         if self.pending is None:
             return True
         pending, self.pending = self.pending, None
+        self.staging = None  # the upload waits for the staging first
         waited_from = time.monotonic()
         error = None
         try:
@@ -209,9 +262,20 @@ class Checkpointer:
         except (Exception, CheckpointException) as exc:
             error = exc
         self.stats.waited.append(time.monotonic() - waited_from)
-        return self._finish(pending.step, pending.path, pending.started, error)
+        return self._finish(pending.step, pending.path, pending.started, error, pending.crc32_before)
 
-    def _finish(self, step: int, path: Path, started: float, error: Exception | None) -> bool:
+    def close(self) -> bool:
+        """Wait for the in-flight save, then free the staging buffers; False if it failed."""
+        ok = self.wait()
+        if self.stager is not None:
+            self.stager.close()
+            self.stager = None
+        return ok
+
+    def _finish(self, step: int, path: Path, started: float, error: Exception | None,
+                crc32_before: bool | None = None) -> bool:
+        if crc32_before is not None:
+            serialization_config.save.compute_crc32 = crc32_before
         if error is not None:
             self.stats.failed.append(step)
             log.error("checkpoint step %d failed, keeping the older ones: %s", step, error)

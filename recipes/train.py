@@ -203,7 +203,7 @@ def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest) -> in
     checkpoint_cfg = trainer["checkpoint"]
     checkpointer = Checkpointer(run_dir, keep=checkpoint_cfg["keep"], use_async=checkpoint_cfg["async"],
                                 rank=world.rank, process_group=world.checkpoint_group,
-                                frozen_params_ignored=cfg["task"] == "lora")
+                                frozen_params_ignored=cfg["task"] == "lora", background_staging=True)
     checkpointer.remove_incomplete()
     step = 0
     resumed = checkpointer.load_latest(model, optimizer)
@@ -242,6 +242,7 @@ def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest) -> in
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
+        checkpointer.staged()  # an async save copies the state in the background until here
         optimizer.step()
         scheduler.step()
         step += 1
@@ -260,6 +261,7 @@ def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest) -> in
     if stopped_by:
         log.info("stop requested by %s: saving step %d", stopped_by, step)
     saved = checkpointer.save(step, model, optimizer, rank_state(), blocking=True) if step > 0 else checkpointer.wait()
+    checkpointer.close()
     blocked = checkpointer.stats.blocked
     if blocked:
         log.info("checkpoint saves blocked training for %s s", ", ".join(f"{seconds:.3f}" for seconds in blocked))

@@ -208,11 +208,14 @@ def test_sigkill_and_restart_acts_once_and_catches_up(agents, slurm):
 
 def test_fatal_xid_everywhere_trips_the_breaker(agents, slurm):
     layout = agents.layout
+    # Every agent must be back to OK (a node rebooted by an earlier test is checked first).
+    wait_until(lambda: all(_state(layout, n)["health"] == "OK" for n in layout.node_names), 60,
+               what="every agent to report OK")
     for node in layout.node_names:
         agents.inject(node, "xid:64")
     wait_until(lambda: all(any(a["action"] in {"drain", "breaker"} and "64" in a.get("reason", "")
                                for a in _state(layout, n)["actions"]) for n in layout.node_names),
-               30, what="every agent to decide about xid 64")
+               60, what="every agent to decide about xid 64")
     fenced = [n.name for n in slurm.nodes() if n.fenced_by_pitstop]
     assert len(fenced) <= 2
     tripped = [n for n in layout.node_names

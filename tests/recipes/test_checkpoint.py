@@ -134,3 +134,83 @@ def test_rng_states_round_trip():
     restore_rng(saved)
     assert torch.equal(torch.rand(3), expected[0])
     assert random.random() == expected[1] and np.random.rand() == expected[2]
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["staged-in-save", "staged-in-background"])
+def test_async_saves_reuse_one_stager_and_hold_the_state_at_save_time(tmp_path, background, monkeypatch):
+    """One DefaultStager (one set of staging buffers) for the Checkpointer's life; the loop
+    is held only until the copy is done (save() returning, or staged() with background
+    staging), and the optimizer stepping right after does not leak into the checkpoint."""
+    import pitstop.recipes.checkpoint as checkpoint_module
+
+    stagers = []
+    real_async_save = checkpoint_module.dcp.async_save
+
+    def recording_async_save(*args, async_stager=None, **kwargs):
+        stagers.append(async_stager)
+        return real_async_save(*args, async_stager=async_stager, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.dcp, "async_save", recording_async_save)
+    model, optimizer = trained()
+    saver = Checkpointer(tmp_path, keep=3, use_async=True, rank=0, process_group=None,
+                         background_staging=background)
+    expected = {}
+    for step in (1, 2, 3):
+        expected[step] = ({k: v.detach().clone() for k, v in model.state_dict().items()},
+                          [s["exp_avg"].clone() for s in optimizer.state.values()])
+        assert saver.save(step, model, optimizer, {}, blocking=False)
+        assert saver.pending is not None and (saver.staging is not None) == background
+        saver.staged()
+        trained_step(model, optimizer)  # the state changes while the save is being written
+    assert saver.close()
+    assert saver.stager is None and len(stagers) == 3
+    assert stagers[0] is not None and all(s is stagers[0] for s in stagers)
+    assert len(saver.stats.blocked) == 3 and saver.stats.failed == []
+    assert torch.utils.serialization.config.save.compute_crc32  # put back after the saves
+
+    for step in (1, 2, 3):
+        markers = [rundir.checkpoint_dir(tmp_path, other) / rundir.COMPLETE_MARKER for other in (1, 2, 3)]
+        hidden = [marker.with_name(marker.name + ".hidden") for marker in markers]
+        for other, marker, away in zip((1, 2, 3), markers, hidden):
+            if other != step:  # load only this step's checkpoint
+                marker.rename(away)
+        fresh, fresh_optimizer = trained(seed=5, steps=1)
+        assert checkpointer(tmp_path).load_latest(fresh, fresh_optimizer)["step"] == step
+        weights, moments = expected[step]
+        for name, value in fresh.state_dict().items():
+            assert torch.equal(value, weights[name]), (step, name)
+        assert all(torch.equal(a, b) for a, b in
+                   zip(moments, [s["exp_avg"] for s in fresh_optimizer.state.values()]))
+        for marker, away in zip(markers, hidden):
+            if away.exists():
+                away.rename(marker)
+
+
+def test_saves_are_written_without_torch_save_crc32_and_load_back(tmp_path):
+    """The CRC-32 is off only while a save is writing, and the files restore exactly."""
+    config = torch.utils.serialization.config.save
+    model, optimizer = trained(steps=2)
+    seen = []
+    real_write = torch.save
+
+    def spying_save(*args, **kwargs):
+        seen.append(config.compute_crc32)
+        return real_write(*args, **kwargs)
+
+    torch.save, previous = spying_save, torch.save
+    try:
+        assert checkpointer(tmp_path).save(2, model, optimizer, {}, blocking=True)
+    finally:
+        torch.save = previous
+    assert config.compute_crc32
+    assert seen and not any(seen)
+    fresh, fresh_optimizer = trained(seed=4, steps=0)
+    assert checkpointer(tmp_path).load_latest(fresh, fresh_optimizer)["step"] == 2
+    assert torch.equal(fresh.output.weight, model.output.weight)
+
+
+def trained_step(model, optimizer):
+    tokens = torch.randint(0, 256, (2, 16))
+    model(tokens).logsumexp(-1).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad()
