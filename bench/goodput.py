@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 
 from pitstop.demo.runner import Demo, DemoOptions
-from pitstop.rundir import iter_progress
 
 
 def meta_ettr(n_rf: float, u0: float, dt: float, w: float) -> float:

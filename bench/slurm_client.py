@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pitstop.slurm import Slurm, parse
+from pitstop.slurm import parse
 from pitstop.testbed.cluster import Testbed
 
 

@@ -12,7 +12,7 @@ import sys
 import click
 
 from pitstop.daemon.policy import DEFAULT_POLICY, Policy
-from pitstop.daemon.yamlfile import DataFileError
+from pitstop.yamlfile import DataFileError
 
 EXIT_INVALID = 2
 

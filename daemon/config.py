@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pitstop.daemon.yamlfile import DataFileError, MarkedDict, line_of, load_yaml
+from pitstop.yamlfile import DataFileError, MarkedDict, line_of, load_yaml
 
 DEFAULT_CONFIG = Path("/etc/pitstop/agent.yaml")
 

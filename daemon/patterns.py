@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from pitstop.daemon.yamlfile import DataFileError, MarkedDict, line_of, load_yaml
+from pitstop.yamlfile import DataFileError, MarkedDict, line_of, load_yaml
 from pitstop.model import Finding
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from pitstop.daemon.yamlfile import DataFileError, MarkedDict, line_of, load_yaml
+from pitstop.yamlfile import DataFileError, MarkedDict, line_of, load_yaml
 from pitstop.model import PITSTOP_REASON_PREFIX, Finding
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")

@@ -42,7 +42,7 @@ class ClusterJob:
 
     def script(self) -> str:
         """The sbatch script; `srun` inside it is Slurm's own contract with a batch job."""
-        directives = [f"--job-name=pitstop-check-cluster", f"--nodelist={self.nodelist}",
+        directives = ["--job-name=pitstop-check-cluster", f"--nodelist={self.nodelist}",
                       f"--nodes={len(self.nodes)}", "--ntasks-per-node=1",
                       f"--time={self.time_limit_min}", f"--output={self.out_dir / 'job.out'}"]
         if self.partition:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from pitstop.fsutil import write_json_atomic  # noqa: F401  (re-exported for writers)
 
 CONFIG = "config.yaml"
 PROGRESS = "progress.jsonl"

@@ -145,7 +145,7 @@ class SbatchScript:
         header += [f"#SBATCH {option}" for option in self.directives()]
         srun = " \\\n    ".join(" ".join(line) for line in self.srun_command())
         if self.requeue:
-            after_usr1 = f"""\
+            after_usr1 = """\
 if [[ "$caught_signal" == USR1 ]]; then
     echo "pitstop: the step ended (status $step_status) after SIGUSR1; requeueing job $SLURM_JOB_ID to resume from its newest checkpoint" >&2
     if scontrol requeue "$SLURM_JOB_ID"; then

@@ -6,7 +6,6 @@ config are written beside them, so a client checks the host key instead of trust
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

@@ -1,11 +1,10 @@
 """The agent's settings file and flags: every setting checked, errors name file, line, key."""
 
-from pathlib import Path
 
 import pytest
 
 from pitstop.daemon.config import AgentConfig, load_config
-from pitstop.daemon.yamlfile import DataFileError
+from pitstop.yamlfile import DataFileError
 
 
 def test_file_then_flags(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from pitstop.daemon.patterns import (JOBLOG_PATTERNS, KMSG_PATTERNS, Coalescer, GpuMap,
                                      PatternSet, findings_from_lines, normalize_bus_id)
-from pitstop.daemon.yamlfile import DataFileError, parse_yaml
+from pitstop.yamlfile import DataFileError, parse_yaml
 from pitstop.model import Finding
 
 KMSG = PatternSet.load(KMSG_PATTERNS)

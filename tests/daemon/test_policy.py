@@ -9,7 +9,7 @@ import pytest
 
 from pitstop.daemon.policy import (DEFAULT_POLICY, FENCE_CLASSES, REASON_MAX, History, Policy,
                                    breaker_open, reason_text)
-from pitstop.daemon.yamlfile import DataFileError
+from pitstop.yamlfile import DataFileError
 from pitstop.model import Finding
 
 POLICY = Policy.load()
@@ -325,7 +325,7 @@ def test_an_empty_override_is_the_default(tmp_path):
     ('rules:\n  xid:\n    codes:\n      "20-10": app\n', 4, "rules.xid.codes.20-10"),
     ("version: 2\n", 1, "version"),
     ("rulez: {}\n", 1, "rulez"),
-    ("rules:\n  io_error: watch\n  io_error: drain\n", 3, ""),
+    ("rules:\n  io_error: watch\n  io_error: drain\n", 3, "io_error"),
     ("rules:\n  step_stall: [app\n", 3, ""),
     ("rules:\n  xid:\n    codes:\n      \"79\": {class: reboot, refence: {count: 0, window_s: 1, escalate: replace}}\n",
      4, "rules.xid.codes.79.refence.count"),

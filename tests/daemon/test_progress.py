@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pitstop.daemon.progress import ProgressWatcher, StallDetector, stall_limit
-from pitstop.rundir import read_heartbeat, write_json_atomic
+from pitstop.fsutil import write_json_atomic
+from pitstop.rundir import read_heartbeat
 
 
 def beat(step, at, step_time=None):

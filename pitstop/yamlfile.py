@@ -1,6 +1,7 @@
 """YAML data files whose errors name the file, the line and the key.
 
-The agent's rules live in data files that operators edit (the policy, the log patterns).
+Operators edit pitstop's data files by hand (the agent's policy and log patterns, its
+settings, the hooks' settings and thresholds).
 A mistake there must point at the line to fix, so loading keeps each mapping's and each
 key's line: `load_yaml` builds plain dicts (a `dict` subclass, `MarkedDict`) with the
 lines beside them, using only the safe constructors (what `yaml.safe_load` accepts).
@@ -72,9 +73,8 @@ def _construct_marked_map(loader: _MarkedLoader, node: yaml.MappingNode):
                 "while constructing a mapping", node.start_mark,
                 "found an unhashable key", key_node.start_mark) from None
         if key in data:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {data.key_lines[key]})",
-                key_node.start_mark)
+            raise DataFileError(data.file, key_node.start_mark.line + 1, str(key),
+                                f"given twice (first on line {data.key_lines[key]})")
         data.key_lines[key] = key_node.start_mark.line + 1
         data[key] = loader.construct_object(value_node, deep=True)
 
