@@ -46,6 +46,7 @@ from pitstop.daemon.patterns import (KMSG_PATTERNS, Coalescer, GpuMap, PatternSe
                                      findings_from_lines)
 from pitstop.testbed import faults
 from pitstop.testbed.cluster import Testbed
+from pitstop.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 NVML_RECORDING = REPO / "daemon" / "data" / "nvml-recorded-8xh100.jsonl"
@@ -77,17 +78,6 @@ def shielded(func, *args):
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def read_state(path: Path) -> dict | None:

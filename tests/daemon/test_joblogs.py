@@ -9,6 +9,7 @@ import pytest
 
 from pitstop.daemon.joblogs import JobLogWatcher
 from pitstop.daemon.tail import LineTailer
+from pitstop.waiting import wait_until
 
 WATCHDOG = ("[Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1187, "
             "OpType=ALLREDUCE, NumelIn=..., NumelOut=..., Timeout(ms)=600000) ran for 600081 "
@@ -19,13 +20,7 @@ GLOO = ("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out
 
 
 def wait_for(condition, timeout=10.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    return wait_until(condition, timeout, what="the condition", interval=interval)
 
 
 def test_findings_carry_the_job_and_the_contract_names():

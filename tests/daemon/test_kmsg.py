@@ -14,6 +14,7 @@ from pitstop.daemon.kmsg import (RECORD_BUFFER, KmsgCursor, KmsgFollower, KmsgGa
                                  KmsgSource, ParseStats, parse_line, parse_record,
                                  read_device_records)
 from pitstop.daemon.patterns import GpuMap
+from pitstop.waiting import wait_until
 
 XID79 = "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python, GPU has fallen off the bus."
 XID48 = ("NVRM: Xid (0000:3b:00): 48, pid=4321, name=python, An uncorrectable double bit error "
@@ -21,14 +22,7 @@ XID48 = ("NVRM: Xid (0000:3b:00): 48, pid=4321, name=python, An uncorrectable do
 
 
 def wait_for(condition, timeout=10.0, interval=0.01):
-    """Poll `condition` until it returns something true or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    return wait_until(condition, timeout, what="the condition", interval=interval)
 
 
 # ------------------------------------------------------------------ parsing
