@@ -33,7 +33,7 @@ FENCE_CLASSES = ("drain", "reboot", "replace")
 class Outcome:
     """One thing pitstop did (or, in dry-run, would have done)."""
 
-    action: str  # drain | fail | reboot | requeue | resume | replace_command | breaker | unfence
+    action: str  # drain | fail | reboot | requeue | resume | replace_command | breaker | unfence | return_check
     ok: bool = True
     detail: str = ""
     job_id: str = ""
@@ -138,7 +138,10 @@ class NodeActions:
         if requeue_jobs:
             outcomes += self.requeue_jobs_on_node()
         if action_class == "reboot":
-            outcomes.append(self._call("reboot", lambda: self.slurm.reboot(self.node, reason), reason))
+            # nextstate=down: back from the reboot the node stays out until the agent's
+            # return check passes (with ReturnToService=1; under 2 the agent drains it).
+            outcomes.append(self._call("reboot", lambda: self.slurm.reboot(self.node, reason, nextstate="down"),
+                                       reason))
         if action_class == "replace" and self.replace_command:
             outcomes.append(self._replace_command(reason))
         return outcomes
@@ -216,6 +219,11 @@ class NodeActions:
         return self._call("requeue", lambda: self.slurm.requeue(job_id), job_id=job_id)
 
     # --- return to service --------------------------------------------------------------
+
+    def hold_for_check(self, reason: str) -> Outcome:
+        """Drain a node Slurm returned to service before its return check ran."""
+        why = reason.removeprefix(PITSTOP_REASON_PREFIX).strip() or "rebooted"
+        return self._node_update("drain", f"{PITSTOP_REASON_PREFIX} awaiting full check after reboot: {why}")
 
     def resume_if_ours(self) -> Outcome | None:
         """Resume this node only when the reason on it is pitstop's; None when nothing to do."""

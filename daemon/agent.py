@@ -32,7 +32,8 @@ from pitstop.daemon.patterns import GpuMap, normalize_bus_id
 from pitstop.daemon.policy import History, Policy
 from pitstop.daemon.progress import ProgressWatcher
 from pitstop.daemon import sdnotify
-from pitstop.model import Finding, Health
+from pitstop.daemon.returncheck import CheckResult, ReturnCheck, check_command, interpret, last_line
+from pitstop.model import REPLACE_REASON, Finding, Health
 from pitstop.rundir import HEARTBEAT
 from pitstop.slurm import Slurm, SlurmError
 
@@ -97,6 +98,12 @@ class Agent:
         self._requeued: dict[str, float] = {}
         self._cursor_saved_at = 0.0
         self.port = 0
+        self.return_check = None
+        if config.return_check == "full" and not config.dry_run:
+            self.return_check = ReturnCheck(
+                check_command(self.node, config.return_check_config),
+                Path(config.state_dir) / f"{self.node}.return-check.log", config.return_check_timeout_s)
+        self._check_retry_at = 0.0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -136,6 +143,8 @@ class Agent:
                 idle_polls = 0 if read else idle_polls + 1
         finally:
             selector.close()
+            if self.return_check is not None:
+                self.return_check.kill()  # a restarted agent starts the check afresh
             self.kmsg.commit()
             if self.neuron is not None:
                 self.neuron.close()
@@ -282,6 +291,10 @@ class Agent:
             self.metrics.health(self.store.health)
 
     def _fence(self, decision: Any, now: float) -> None:
+        if self.return_check is not None and self.return_check.running:
+            # A check that passes now must not resume a node that failed again meanwhile.
+            self.return_check.kill()
+            self.store.log_event("warning", now, message="return check stopped: a new fault fences the node")
         outcomes = self.actions.fence(decision.action_class, decision.reason)
         self._record(outcomes, now)
         tripped = any(o.action == "breaker" for o in outcomes)
@@ -327,16 +340,81 @@ class Agent:
                     " (dry run)" if outcome.dry_run else "", outcome.detail or outcome.reason)
 
     def _return_to_service(self, now: float) -> None:
-        """CHECKING: the node came back from a reboot with no hardware finding this boot."""
+        """CHECKING: the node came back from a reboot with no hardware finding this boot.
+        With a return check it goes back only through a passing `check full --resume`."""
+        if self.return_check is not None:
+            self._gate(now)
+            return
         outcome = self.actions.resume_if_ours()
         if outcome is not None:
             self._record([outcome], now)
             if not outcome.ok:
                 return
+        self._back_in_service(now)
+
+    def _back_in_service(self, now: float, by_operator: bool = False) -> None:
         self.store.clear_findings(now)
         self.history.back_in_service(now)
-        self.store.transition(Health.OK, now, reason="")
+        self.store.transition(Health.OK, now, reason="", by_operator=by_operator)
         self._save(now)
+
+    def _gate(self, now: float) -> None:
+        """Start the return check once Slurm has the node back from its reboot and out of
+        service; read its verdict when it ends."""
+        check = self.return_check
+        if check.running:
+            result = check.poll()
+            if result is not None:
+                self._check_ended(result, now)
+            return
+        if now < self._check_retry_at:
+            return
+        node = self.actions.this_node()
+        if node is None or {"REBOOT_ISSUED", "REBOOT_REQUESTED", "NOT_RESPONDING"} & set(node.flags):
+            return  # Slurm has not seen the node's slurmd since the reboot yet
+        if node.reason and not node.fenced_by_pitstop:
+            self._operator_took_over(node.reason, now)
+            return
+        if not (node.drained or node.failed):
+            # DOWN after a nextstate=down reboot is no hold: Slurm 22.05 can still return
+            # the node to service at a later registration (seen on the testbed, with
+            # ReturnToService=1, while the check ran). A drain holds through that.
+            outcome = self.actions.hold_for_check(self.store.state.reason)
+            self._record([outcome], now)
+            if not outcome.ok:
+                self._check_retry_at = now + self.config.return_check_retry_s
+            return
+        check.start()
+        self.store.log_event("check", now, stage="started", pid=check.pid, command=check.args)
+        log.info("return check started on %s (pid %s)", self.node, check.pid)
+        self._save(now)
+
+    def _check_ended(self, result: CheckResult, now: float) -> None:
+        node = self.actions.this_node()
+        verdict = interpret(result, node is None or node.fenced_by_pitstop)
+        what = "timed out" if result.timed_out else f"exit {result.returncode}"
+        detail = f"check full --resume {what} after {result.seconds:.1f}s: {last_line(result.tail)}"
+        self.store.log_event("check", now, stage="ended", verdict=verdict, returncode=result.returncode,
+                             seconds=round(result.seconds, 3), detail=detail)
+        self._record([Outcome("return_check", ok=verdict == "in-service", detail=detail)], now)
+        if verdict == "in-service":
+            self._back_in_service(now)
+        elif verdict == "replace":
+            reason = node.reason if node is not None and node.reason.startswith(REPLACE_REASON) else \
+                f"{REPLACE_REASON} full check {what} after {result.seconds:.0f}s"
+            self._record(self.actions.fence("replace", reason, requeue_jobs=False), now)
+            self.store.transition(Health.FENCED, now, reason=reason, fence_class="replace")
+            self._save(now)
+        elif verdict == "operator":
+            self._operator_took_over(node.reason if node is not None else "", now)
+        else:
+            self._check_retry_at = now + self.config.return_check_retry_s
+            self._save(now)
+
+    def _operator_took_over(self, reason: str, now: float) -> None:
+        self.store.log_event("warning", now, message=f"{self.node} carries an operator's reason "
+                             f"({reason!r}) after its reboot: pitstop leaves it to them")
+        self._back_in_service(now, by_operator=True)
 
     # --- publishing ---------------------------------------------------------------------
 

@@ -48,6 +48,13 @@ class AgentConfig:
     stall_k: float = 5.0  # a step slower than k x the recent median is a hang
     stall_floor_s: float = 300.0
     slurm_timeout_s: float = 20.0
+    # Back from a reboot, a node returns to service only through this check (a process):
+    # "full" runs `pitstop check full --resume` with the hooks' settings file (None: the
+    # hooks' default); "none" resumes it as soon as it booted with no hardware finding.
+    return_check: str = "full"
+    return_check_config: str | None = None
+    return_check_timeout_s: float = 1800.0  # a check still running then is a hung device
+    return_check_retry_s: float = 60.0  # after a refused or broken check
     log_level: str = "info"
 
     def resolved_node(self) -> str:
@@ -70,7 +77,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "accelerator_glob": (str,), "disk": (dict,), "memory_min_available": (str,),
     "max_fenced_share": (int, float), "breaker_window_s": (int, float), "replace_command": (list,),
     "stall_k": (int, float), "stall_floor_s": (int, float), "slurm_timeout_s": (int, float),
-    "log_level": (str,),
+    "return_check": (str,), "return_check_config": (str, type(None)), "return_check_timeout_s": (int, float),
+    "return_check_retry_s": (int, float), "log_level": (str,),
 }
 
 
@@ -93,6 +101,8 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
                             "must be above 0 and at most 1")
     if config.nvml not in {"auto", "off"} and not config.nvml.startswith("replay:"):
         raise DataFileError(str(path or "command line"), None, "nvml", "expected auto, off or replay:<path>")
+    if config.return_check not in {"full", "none"}:
+        raise DataFileError(str(path or "command line"), None, "return_check", "expected full or none")
     return config
 
 

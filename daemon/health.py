@@ -47,7 +47,9 @@ States (`pitstop.model.Health`) and the moves allowed between them:
 `<state_dir>/<node>.events.jsonl`: one JSON object a line, `{"time", "node", "kind",
 …}` with kind finding ({"action_class", "finding": {…}}) | decision (policy.Decision's
 to_dict) | transition ({"from_health", "to_health", "fence_class", "reason", …}) |
-action (as in "actions") | boot | warning ({"message"}); rotated to
+action (as in "actions") | boot | warning ({"message"}) | check (the return check:
+{"stage": "started", "pid", "command"} then {"stage": "ended", "verdict": in-service |
+replace | operator | retry, "returncode", "seconds", "detail"}); rotated to
 `.events.jsonl.1` when it passes `events_max_bytes`.
 
 A state file that cannot be read as this shape is moved aside to `<node>.json.corrupt`

@@ -10,11 +10,10 @@ verdict; `apply` is the one place that calls Slurm.
 
 from __future__ import annotations
 
-from pitstop.model import PITSTOP_REASON_PREFIX, Node
+from pitstop.model import PITSTOP_REASON_PREFIX, REPLACE_REASON, Node
 from pitstop.slurm import Slurm
 
 QUICK_REASON = f"{PITSTOP_REASON_PREFIX} quick check failed"
-REPLACE_REASON = f"{PITSTOP_REASON_PREFIX} Action:Replace"
 REASON_LIMIT = 240  # Slurm keeps long reasons, but sinfo columns and people do not
 
 

@@ -30,6 +30,9 @@ UNAVAILABLE_FLAGS = frozenset({"DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING"
                                "POWERED_DOWN", "MAINTENANCE"})
 
 PITSTOP_REASON_PREFIX = "pitstop:"
+# A node failed with this reason needs a person (or the cloud) to replace hardware: no
+# check or agent returns it. The hooks' full check and the agent both write it.
+REPLACE_REASON = f"{PITSTOP_REASON_PREFIX} Action:Replace"
 
 
 @dataclass

@@ -22,8 +22,8 @@ import psutil
 
 from pitstop.slurm import Slurm, SlurmError
 from pitstop.testbed import faults
-from pitstop.testbed.config import (DEFAULT_DIR, Layout, free_port_block, render_gres_conf,
-                                    render_slurm_conf)
+from pitstop.testbed.config import (DEFAULT_DIR, LENIENT_THRESHOLDS, Layout, free_port_block,
+                                    render_gres_conf, render_hooks_config, render_slurm_conf)
 from pitstop.fsutil import write_atomic
 from pitstop.testbed import procs
 from pitstop.testbed.procs import TestbedError, ensure_packages
@@ -99,7 +99,8 @@ class Testbed:
                 "--node", node, "--kmsg", str(layout.kmsg_file(node)),
                 "--boot-id-file", str(self.boot_id_file(layout, node)),
                 "--state-dir", str(layout.agent_state_dir(node)), "--port", str(port),
-                "--jobs-interval", "1", "--interval", "2", "--nvml", "off", "--neuron", "off"]
+                "--jobs-interval", "1", "--interval", "2", "--nvml", "off", "--neuron", "off",
+                "--return-check-config", str(layout.hooks_config)]
         if layout.gpus_per_node:
             args += ["--expected-gpus", str(layout.gpus_per_node),
                      "--accelerator-glob", str(layout.dev_dir / "nvidia[0-9]*")]
@@ -163,6 +164,8 @@ class Testbed:
             (self.dir / "spool" / name).mkdir(parents=True, exist_ok=True)
         write_atomic(layout.slurm_conf, render_slurm_conf(layout))
         write_atomic(layout.gres_conf, render_gres_conf(layout))
+        write_atomic(layout.thresholds_file, LENIENT_THRESHOLDS)
+        write_atomic(layout.hooks_config, render_hooks_config(layout))
         for index in range(gpus_per_node):
             os.mknod(layout.dev_dir / f"nvidia{index}", 0o666 | 0o020000, os.makedev(195, index))
         self._make_munge_key(layout)

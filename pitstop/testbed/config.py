@@ -100,6 +100,15 @@ class Layout:
         return self.dir / "jobs"
 
     @property
+    def hooks_config(self) -> Path:
+        """The hooks' settings for every testbed node (the agents' return check reads it)."""
+        return self.dir / "etc" / "hooks.yaml"
+
+    @property
+    def thresholds_file(self) -> Path:
+        return self.dir / "etc" / "thresholds.yaml"
+
+    @property
     def ssh_dir(self) -> Path:
         return self.dir / "ssh"
 
@@ -192,7 +201,7 @@ def render_slurm_conf(layout: Layout) -> str:
         "SelectTypeParameters=CR_Core",
         "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=1,bf_interval=1",
         "SlurmdParameters=config_overrides",
-        "ReturnToService=2",
+        "ReturnToService=1",
         "JobRequeue=1",
         f"RebootProgram={layout.reboot_program}",
         "GresTypes=gpu",
@@ -223,6 +232,29 @@ def render_slurm_conf(layout: Layout) -> str:
         "MaxTime=INFINITE State=UP OverSubscribe=NO"
     )
     return "\n".join(lines) + "\n"
+
+
+# The full check on the testbed: tiny loads, so a return check takes seconds.
+TINY_FULL = ("full: {matmul_size: 128, matmul_seconds: 0.1, bandwidth_mib: 16, bandwidth_iterations: 3,"
+             " allreduce_mib: 1, allreduce_iterations: 3}\n")
+
+# The flow is under test on the testbed, not this (shared, loaded) CPU's speed: limits
+# no CPU misses. A broken device still fails (the SDC check compares results).
+LENIENT_THRESHOLDS = """\
+default:
+  matmul_gflops: {fail_below: 0.0001}
+  memory_bandwidth_gbs: {fail_below: 0.0001}
+  allreduce_busbw_gbs: {fail_below: 0.00001}
+  sdc_tolerance: 1.0e-3
+"""
+
+
+def render_hooks_config(layout: Layout) -> str:
+    """hooks.yaml for the testbed: its GPU device files, a tiny full check, lenient limits."""
+    lines = [f"thresholds_file: {layout.thresholds_file}", "device_model: lenient"]
+    if layout.gpus_per_node:
+        lines += [f"accelerator_glob: {layout.dev_dir}/nvidia[0-9]*", f"expected_gpus: {layout.gpus_per_node}"]
+    return "\n".join(lines) + "\n" + TINY_FULL
 
 
 def render_gres_conf(layout: Layout) -> str:

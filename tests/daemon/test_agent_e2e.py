@@ -64,11 +64,15 @@ def _events(layout, node: str, kind: str | None = None) -> list[dict]:
     return [e for e in events if kind is None or e.get("kind") == kind]
 
 
-def _job(slurm, testbed, nodes: str, body: str = "srun sleep 600", *args: str, name: str = "e2e") -> str:
+def _job(slurm, testbed, nodes: str, body: str = "srun sleep 600", *args: str, name: str = "e2e",
+         pinned: bool = True) -> str:
+    """A job on `nodes` (pinned with -w), or on as many nodes as `nodes` names (not pinned:
+    a requeued job may then run elsewhere)."""
     jobs = testbed.layout.jobs_dir
     script = jobs / f"{name}.sh"
     script.write_text(f"#!/bin/bash\n{body}\n")
-    job_id = slurm.submit(script, ["-J", name, "-N", str(len(nodes.split(","))), "-w", nodes,
+    where = ["-w", nodes] if pinned else []
+    job_id = slurm.submit(script, ["-J", name, "-N", str(len(nodes.split(","))), *where,
                                    "--requeue", "-o", str(jobs / f"{name}-%j.out"), *args], cwd=jobs)
     slurm.wait_for(lambda s: s.job(job_id).running, 20, what=f"job {name} to run")
     return job_id
@@ -81,22 +85,55 @@ def _wait_decisions(layout, node: str, count: int, timeout: float = 15) -> list[
 
 def test_xid79_fences_the_node_names_the_gpu_and_the_job_runs_again(agents, slurm):
     layout = agents.layout
-    job_id = _job(slurm, agents, "node1,node2", name="xid79")
-    agents.inject("node2", "xid:79:1")
-    fenced = slurm.wait_for(lambda s: (n := s.node("node2")) and n.fenced_by_pitstop and n, 10,
-                            interval=0.05, what="node2 fenced")
+    job_id = _job(slurm, agents, "node1,node2", name="xid79", pinned=False)
+    healthy, sick = slurm.job(job_id).nodes
+    agents.inject(sick, "xid:79:1")
+    fenced = slurm.wait_for(lambda s: (n := s.node(sick)) and n.fenced_by_pitstop and n, 10,
+                            interval=0.05, what=f"{sick} fenced")
     assert "xid 79" in fenced.reason and "gpu1" in fenced.reason
     assert fenced.drained or fenced.failed
     job = slurm.wait_for(lambda s: (j := s.job(job_id)) and j.running and j.restart_count >= 1 and j,
                          60, interval=0.5, what="job to run again")
     assert job.restart_count == 1
-    node1 = slurm.node("node1")
-    assert not node1.reason and _state(layout, "node1")["health"] == "OK"
-    assert not [a for a in _state(layout, "node1")["actions"]]
-    # The node went through the testbed's reboot and came back into service.
-    back = slurm.wait_for(lambda s: (n := s.node("node2")) and n.available and n, 30, what="node2 back")
-    assert back.reason == ""
-    wait_until(lambda: _state(layout, "node2")["health"] == "OK", 15, what="node2's agent to say OK")
+    assert not slurm.node(healthy).reason and _state(layout, healthy)["health"] == "OK"
+    assert not [a for a in _state(layout, healthy)["actions"]]
+    # The node went through the testbed's reboot and came back into service only through
+    # a passing `pitstop check full --resume`, which the agent ran as a process.
+    back = slurm.wait_for(lambda s: (n := s.node(sick)) and (n.available or n.jobs) and n, 60, what=f"{sick} back")
+    assert back.reason == "", (back, _events(layout, sick)[-8:])  # no work before the check passed
+    wait_until(lambda: _state(layout, sick)["health"] == "OK", 15, what="the sick node's agent to say OK")
+    checks = _events(layout, sick, "check")
+    assert [c["stage"] for c in checks] == ["started", "ended"] and checks[1]["verdict"] == "in-service"
+    boot = [e for e in _events(layout, sick, "boot")][-1]
+    assert boot["time"] <= checks[0]["time"]
+    assert (layout.agent_state_dir(sick) / f"{sick}.return-check.log").read_text().strip().endswith(f"{sick}: resumed")
+
+
+def test_a_failing_return_check_fails_the_node_for_replacement(agents, slurm):
+    """Back from its reboot, node4's full check finds a GPU missing: the node is failed
+    with `Action:Replace`, and neither the agent nor Slurm returns it."""
+    layout = agents.layout
+    original = layout.hooks_config.read_text()
+    layout.hooks_config.write_text(original + "nodes:\n  node4: {expected_gpus: 3}\n")
+    try:
+        agents.inject("node4", "xid:79:0")
+        failed = slurm.wait_for(lambda s: (n := s.node("node4")) and n.failed and "Action:Replace" in n.reason and n,
+                                90, interval=0.5, what="node4 failed for replacement by its return check")
+        assert "gpu_count" in failed.reason
+        state = wait_until(lambda: (st := _state(layout, "node4")) and st["health"] == "FENCED" and st,
+                           15, what="node4's agent to record the replace fence")
+        assert state["fence_class"] == "replace"
+        ended = [c for c in _events(layout, "node4", "check") if c["stage"] == "ended"]
+        assert ended and ended[-1]["verdict"] == "replace" and ended[-1]["returncode"] == 1
+        # Still failed after the agent has looked at Slurm again (it reads every second).
+        seen = time.time()
+        wait_until(lambda: _state(layout, "node4")["updated_at"] > seen + 2, 20, what="the agent to save again")
+        assert slurm.node("node4").failed and _state(layout, "node4")["health"] == "FENCED"
+    finally:
+        layout.hooks_config.write_text(original)
+    # The operator swaps the GPU and resumes the node: the agent takes it as theirs.
+    slurm.resume("node4")
+    wait_until(lambda: _state(layout, "node4")["health"] == "OK", 15, what="node4's agent to accept the resume")
 
 
 @pytest.mark.parametrize("code", [13, 31, 43, 45])
@@ -115,9 +152,10 @@ def test_xid48_storm_is_one_finding_and_one_action_with_bounded_memory(agents, s
     rss_before = psutil.Process(pid).memory_info().rss
     agents.inject("node4", "xid:48", count=10_000)
     slurm.wait_for(lambda s: s.node("node4").fenced_by_pitstop, 15, what="node4 drained")
-    state = wait_until(lambda: (st := _state(layout, "node4")) and st["actions"] and st, 10,
+    state = wait_until(lambda: (st := _state(layout, "node4")) and
+                       any("xid 48" in a["reason"] for a in st["actions"]) and st, 10,
                        what="the agent to record its action")
-    drains = [a for a in state["actions"] if a["action"] == "drain"]
+    drains = [a for a in state["actions"] if a["action"] == "drain" and "xid 48" in a["reason"]]
     xid48 = [f for f in state["open_findings"] if f["signal"] == "xid" and f["code"] == "48"]
     assert len(drains) == 1 and len(xid48) == 1, json.dumps(state, indent=1)[:3000]
     assert len([d for d in _events(layout, "node4", "decision") if d["finding"]["code"] == "48"]) == 1

@@ -17,21 +17,9 @@ import pytest
 
 from pitstop.hooks.install import InstallPlan, conf_values, edit_conf
 from pitstop.testbed.cluster import Testbed
+from pitstop.testbed.config import LENIENT_THRESHOLDS, TINY_FULL
 
 pytestmark = pytest.mark.slurm
-
-TINY_FULL = ("full: {matmul_size: 128, matmul_seconds: 0.1, bandwidth_mib: 16, bandwidth_iterations: 3,"
-             " allreduce_mib: 1, allreduce_iterations: 3}\n")
-
-
-# The flow is under test here, not this (shared, loaded) CPU's speed: limits no CPU misses.
-LENIENT_THRESHOLDS = """\
-default:
-  matmul_gflops: {fail_below: 0.0001}
-  memory_bandwidth_gbs: {fail_below: 0.0001}
-  allreduce_busbw_gbs: {fail_below: 0.00001}
-  sdc_tolerance: 1.0e-3
-"""
 
 
 def pitstop(*args, env=None, timeout=120):
