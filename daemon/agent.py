@@ -23,6 +23,7 @@ from typing import Any
 
 from pitstop.daemon.actions import NodeActions, Outcome
 from pitstop.daemon.config import AgentConfig
+from pitstop.daemon.devices import device_rows
 from pitstop.daemon.health import HealthStore
 from pitstop.daemon.host import HostState, HostThresholds, findings_from_host, read_host
 from pitstop.daemon.joblogs import JobLogWatcher
@@ -104,6 +105,9 @@ class Agent:
                 check_command(self.node, config.return_check_config),
                 Path(config.state_dir) / f"{self.node}.return-check.log", config.return_check_timeout_s)
         self._check_retry_at = 0.0
+        self._last_host = None  # the latest readings, for the state file's device table
+        self._last_gpus: list = []
+        self._last_neuron = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -245,10 +249,12 @@ class Agent:
         found, self.host_state = findings_from_host(self.node, reading, self.host_state,
                                                     self.host_thresholds, now)
         findings += found
+        self._last_host = reading
         self.metrics.observe_host(reading)
         if self.nvml is not None and self.nvml.enabled:
             from pitstop.daemon.nvml import NvmlState, NvmlThresholds, findings_from_readings
             readings = self.nvml.poll()
+            self._last_gpus = readings
             self.metrics.observe_gpus(readings)
             for reading in readings:  # NVML knows which bus id is which index
                 if reading.pci_bus_id:
@@ -260,6 +266,7 @@ class Agent:
         if self.neuron is not None:
             from pitstop.daemon.neuron import NeuronThresholds, findings_from_report
             for report in self.neuron.drain():
+                self._last_neuron = report
                 self.metrics.observe_neuron(report)
                 found, self.neuron.state = findings_from_report(
                     self.node, report, self.neuron.state,
@@ -429,6 +436,10 @@ class Agent:
             bad = {f.get("device") for f in self.store.state.open_findings
                    if f.get("action_class") in {"drain", "reboot", "replace"} and f.get("device")}
             telemetry["accelerators_healthy"] = max(0, self.config.expected_gpus - len(bad))
+        telemetry["devices"] = device_rows(
+            gpus=self._last_gpus, neuron=self._last_neuron,
+            paths=self._last_host.accelerator_paths if self._last_host is not None else (),
+            findings=self.store.state.open_findings)
         self.store.state.telemetry = telemetry
         self.store.save()
 

@@ -41,7 +41,12 @@ States (`pitstop.model.Health`) and the moves allowed between them:
       "history": {…},                   # the policy's memory (policy.History), opaque here
       "telemetry": {                    # what the agent publishes about itself, opaque here
         "heartbeat_at", "pid", "port", "dry_run", "breaker_open",
-        "accelerators_total", "accelerators_healthy"}
+        "accelerators_total", "accelerators_healthy",
+        "devices": [                    # one row a device (pitstop.daemon.devices)
+          {"device": "gpu0", "kind": "gpu" | "neuron", "healthy": true,
+           "finding": "<the worst open finding's message>" | null,
+           "readings": {…}}             # GpuReading.to_dict(), a Neuron device's ECC
+        ]}                              # counters, or {"path": "/dev/nvidia0"} (no driver)
     }
 
 `<state_dir>/<node>.events.jsonl`: one JSON object a line, `{"time", "node", "kind",

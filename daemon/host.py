@@ -71,6 +71,7 @@ class HostReading:
     memory_available_bytes: int
     memory_total_bytes: int
     accelerators_found: int
+    accelerator_paths: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- live edge
@@ -83,25 +84,40 @@ def read_disk(path: str) -> DiskReading:
     return DiskReading(path, usage.total, usage.free)
 
 
-def count_accelerators(pattern: str = NVIDIA_DEVICE_GLOB) -> int:
+def accelerator_paths(pattern: str = NVIDIA_DEVICE_GLOB) -> list[str]:
     """Character devices matching `pattern` (`/dev/nvidia[0-9]*` leaves out nvidiactl and
-    nvidia-uvm)."""
-    count = 0
+    nvidia-uvm), in index order."""
+    paths = []
     for path in glob.glob(pattern):
         try:
             if stat.S_ISCHR(os.stat(path).st_mode):
-                count += 1
+                paths.append(path)
         except FileNotFoundError:
             continue
-    return count
+    return sorted(paths, key=device_index)
+
+
+def device_index(path: str) -> int:
+    """The number at the end of a device file's name (/dev/nvidia3 -> 3; -1 when none)."""
+    digits = ""
+    for char in reversed(os.path.basename(path)):
+        if not char.isdigit():
+            break
+        digits = char + digits
+    return int(digits) if digits else -1
+
+
+def count_accelerators(pattern: str = NVIDIA_DEVICE_GLOB) -> int:
+    return len(accelerator_paths(pattern))
 
 
 def read_host(thresholds: HostThresholds) -> HostReading:
     memory = psutil.virtual_memory()
+    paths = accelerator_paths(thresholds.accelerator_glob)
     return HostReading(disks=[read_disk(path) for path in thresholds.min_free],
                        memory_available_bytes=memory.available,
                        memory_total_bytes=memory.total,
-                       accelerators_found=count_accelerators(thresholds.accelerator_glob))
+                       accelerators_found=len(paths), accelerator_paths=paths)
 
 
 # ---------------------------------------------------------------------------- decisions
