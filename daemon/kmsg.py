@@ -43,6 +43,7 @@ from typing import Callable, Union
 
 from pitstop.daemon.patterns import (KMSG_PATTERNS, Coalescer, GpuMap, PatternSet,
                                      findings_from_lines)
+from pitstop.daemon.scan import LiteralScanner
 from pitstop.daemon.tail import LineTailer, TailPosition
 from pitstop.fsutil import write_json_atomic
 from pitstop.model import Finding
@@ -246,7 +247,8 @@ class KmsgFollower:
     def __init__(self, path: Path | str = DEV_KMSG, *, cursor_path: Path | str | None = None,
                  boot_id_path: Path | str = BOOT_ID_PATH, mode: str = "auto",
                  read: Callable[[int], bytes] | None = None,
-                 interesting: Callable[[str], bool] | None = None) -> None:
+                 interesting: Callable[[str], bool] | None = None,
+                 scanner: LiteralScanner | None = None) -> None:
         self.path = Path(path)
         self.cursor_path = Path(cursor_path) if cursor_path is not None else None
         self.boot_id_path = Path(boot_id_path)
@@ -259,6 +261,9 @@ class KmsgFollower:
         # A plain file's lines that no pattern can match only move the cursor: most lines
         # of a busy kernel log are skipped before they are parsed into records.
         self.interesting = interesting
+        # Better still, with a scanner a plain file is searched a block at a time and
+        # only the lines holding a pattern's literal are split off and parsed.
+        self.scanner = scanner
         self._read = read
         self._fd: int | None = None
         self._tailer: LineTailer | None = None
@@ -337,6 +342,13 @@ class KmsgFollower:
             raise RuntimeError("KmsgFollower.poll before open()")
         if self.mode == "device":
             return self._filter_device(read_device_records(self._read, self.stats))
+        if self.scanner is not None:
+            lines: list[str] = []
+            read_before = self._tailer.stats.lines
+            for block in self._tailer.poll_blocks():
+                lines += self._lines_worth_parsing(block)
+            self.stats.passed_over += max(0, self._tailer.stats.lines - read_before - len(lines))
+            return self._filter_file(self._group_file_lines(lines, interesting=None))
         return self._filter_file(self._group_file_lines(self._tailer.poll()))
 
     def cursor(self) -> KmsgCursor:
@@ -393,10 +405,38 @@ class KmsgFollower:
             kept.append(record)
         return kept
 
-    def _group_file_lines(self, lines: list[str]) -> list[KmsgRecord]:
+    def _lines_worth_parsing(self, block: bytes) -> list[str]:
+        """The lines of a run that hold a pattern's literal, with their ` KEY=value`
+        continuation lines; the rest are only counted (by the caller) and move the
+        cursor (by the seq of the run's last record)."""
+        limit = self._tailer.max_line
+        lines: list[str] = []
+        taken_to = -1
+        for start, end in self.scanner.line_spans(block):
+            if start <= taken_to:
+                continue  # a continuation line already taken with its record
+            lines.append(_decode(block[start:min(end, start + limit)]))
+            position = end + 1
+            while block.startswith(b" ", position):  # the record's continuation lines
+                stop = block.find(b"\n", position)
+                stop = len(block) if stop < 0 else stop
+                lines.append(_decode(block[position:min(stop, position + limit)]))
+                position = stop + 1
+            taken_to = position - 1
+        seq = _last_seq(block)
+        if seq is not None:
+            if self._skip_through is not None and seq <= self._skip_through:
+                pass  # still replaying what the cursor says was read
+            else:
+                self._newest_seq = max(seq, self._newest_seq or 0)
+        return lines
+
+    def _group_file_lines(self, lines: list[str], interesting: Callable[[str], bool] | None | bool = True
+                          ) -> list[KmsgRecord]:
         """Records from plain lines; ` KEY=value` lines belong to the record before."""
         records: list[KmsgRecord] = []
-        interesting = self.interesting
+        if interesting is True:
+            interesting = self.interesting
         for line in lines:
             if interesting is not None and not line.startswith(" ") and not interesting(line):
                 self._pass_over(line)
@@ -434,6 +474,29 @@ class KmsgFollower:
             self._newest_seq = max(seq, self._newest_seq or 0)
 
 
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace").rstrip("\r")
+
+
+def _last_seq(block: bytes) -> int | None:
+    """The sequence number of the last /dev/kmsg-format record of a run (continuation
+    lines and lines in other formats carry none: look a few lines back)."""
+    end = len(block) - 1 if block.endswith(b"\n") else len(block)
+    for _ in range(8):
+        if end <= 0:
+            return None
+        start = block.rfind(b"\n", 0, end) + 1
+        line = block[start:end]
+        end = start - 1
+        if line.startswith(b" "):
+            continue
+        head = line.split(b",", 2)
+        if len(head) >= 3 and head[0].isdigit() and head[1].isdigit() and b";" in line:
+            return int(head[1])
+        return None
+    return None
+
+
 def _is_char_device(path: Path) -> bool:
     try:
         return stat.S_ISCHR(os.stat(path).st_mode)
@@ -455,6 +518,8 @@ class KmsgSource:
         self.patterns = patterns or PatternSet.load(KMSG_PATTERNS)
         if follower.interesting is None:
             follower.interesting = self.patterns.may_match
+        if follower.scanner is None:
+            follower.scanner = self.patterns.scanner
         self.gpus = gpus or GpuMap()
         self.coalescer = Coalescer(quiet_s=quiet_s)
         self._boot_id: str | None = None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pitstop.yamlfile import DataFileError, MarkedDict, line_of, load_yaml
+from pitstop.daemon.scan import LiteralScanner
 from pitstop.model import Finding
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -143,6 +144,7 @@ class PatternSet:
         self.file = file
         literals = sorted({lit for p in patterns for lit in p.contains}, key=len, reverse=True)
         self._prefilter = re.compile("|".join(re.escape(lit) for lit in literals)) if literals else None
+        self.scanner = LiteralScanner(literals)  # the same literals, a whole block at a time
 
     @classmethod
     def load(cls, path: Path | str) -> "PatternSet":

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 256 * 1024
 MAX_LINE_BYTES = 64 * 1024
 MAX_BYTES_PER_POLL = 4 * 1024 * 1024
 
@@ -79,19 +79,32 @@ class LineTailer:
     def poll(self) -> list[str]:
         """The complete lines appended since the last call (decoded, newline removed)."""
         lines: list[str] = []
+        self._follow(self._split, lines)
+        return lines
+
+    def poll_blocks(self) -> list[bytes]:
+        """What `poll` returns, undecoded and unsplit: runs of complete lines, each run
+        ending in a newline, so a caller can search a whole run at once and split only
+        the lines it wants. A line longer than `max_line` comes once, cut to `max_line`,
+        as a run of its own; a run may hold a complete line of up to `chunk + max_line`
+        bytes (its start was the partial line of the chunk before): cut what you keep."""
+        blocks: list[bytes] = []
+        self._follow(self._cut, blocks)
+        return blocks
+
+    def _follow(self, take, out: list) -> None:
         if self._fh is None and not self._open():
-            return lines
+            return
         self._check_truncated()
-        self._drain(lines)
+        self._drain(take, out)
         if self._rotated():
-            self._drain(lines)  # the rest of the old file first, then the new one
+            self._drain(take, out)  # the rest of the old file first, then the new one
             self.close()
             self.stats.rotations += 1
             self.position = TailPosition()
             self._reset_buffer(0)
             if self._open():
-                self._drain(lines)
-        return lines
+                self._drain(take, out)
 
     def _open(self) -> bool:
         try:
@@ -133,7 +146,7 @@ class LineTailer:
             return False  # deleted or mid-rotation: keep reading the open file
         return st.st_ino != os.fstat(self._fh.fileno()).st_ino
 
-    def _drain(self, lines: list[str]) -> None:
+    def _drain(self, take, out: list) -> None:
         budget = self.max_bytes_per_poll
         while budget > 0:
             data = self._fh.read(min(self.chunk, budget))
@@ -141,7 +154,37 @@ class LineTailer:
                 return
             budget -= len(data)
             self._read_offset += len(data)
-            self._split(data, lines)
+            take(data, out)
+
+    def _cut(self, data: bytes, blocks: list[bytes]) -> None:
+        start = 0
+        if self._dropping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self.position.offset = self._read_offset
+                return
+            self._dropping = False
+            start = newline + 1
+        last = data.rfind(b"\n", start)
+        if last >= 0:
+            run = data[start:last + 1]
+            if self._partial:
+                run = bytes(self._partial) + run
+                self._partial.clear()
+            blocks.append(run)
+            self.stats.lines += run.count(b"\n")
+            start = last + 1
+        self._partial += data[start:]
+        if len(self._partial) > self.max_line:
+            blocks.append(bytes(self._partial[:self.max_line]) + b"\n")
+            self.stats.lines += 1
+            self.stats.truncated_lines += 1
+            self._partial.clear()
+            self._dropping = True
+        if self._dropping:
+            self.position.offset = self._read_offset
+        else:
+            self.position.offset = self._read_offset - len(self._partial)
 
     def _split(self, data: bytes, lines: list[str]) -> None:
         start = 0

@@ -336,7 +336,8 @@ def test_xid48_ten_thousand_times_is_one_finding(tmp_path):
     assert bucket.count == 10_000 and len(bucket.samples) <= 5
 
 
-def test_garbage_megabyte_lines_and_binary_do_not_break_the_source(tmp_path):
+@pytest.mark.parametrize("block_scan", [True, False], ids=["block-scan", "per-line"])
+def test_garbage_megabyte_lines_and_binary_do_not_break_the_source(tmp_path, block_scan):
     log = tmp_path / "kmsg"
     with open(log, "wb") as fh:
         fh.write(b"\x00\xff\xfe" * 1000 + b"\n")
@@ -344,14 +345,19 @@ def test_garbage_megabyte_lines_and_binary_do_not_break_the_source(tmp_path):
         fh.write(os.urandom(100_000).replace(b"\n", b"") + b"\n")
         fh.write(b"6,1,x;broken\n\n")
         fh.write(kmsg_line(2, XID79).encode())
-    source = KmsgSource("n1", KmsgFollower(log, boot_id_path=make_boot(tmp_path, "b"),
-                                           mode="file")).open()
+    source = KmsgSource("n1", KmsgFollower(log, boot_id_path=make_boot(tmp_path, "b"), mode="file"))
+    if not block_scan:
+        source.follower.scanner = None
+    source.open()
     found = []
     for _ in range(3):
         found += source.poll(1.0)
     assert [(f.signal, f.code) for f in found] == [("xid", "79")]
     stats = source.follower.stats
-    assert stats.skipped["binary"] >= 1 and stats.skipped["malformed_header"] >= 1
+    if block_scan:  # lines that hold no pattern's literal are only counted
+        assert stats.passed_over == 5 and not stats.skipped
+    else:
+        assert stats.skipped["binary"] >= 1 and stats.skipped["malformed_header"] >= 1
     assert source.follower._tailer.stats.truncated_lines >= 1
 
 
