@@ -11,10 +11,84 @@ last one.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+KeyPath = tuple[str, ...]
+
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"""^(?:[-+]?[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9]+[eE][-+]?[0-9]+
+    |[-+]?\.[0-9]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2's scalars, what people typing a file expect: `3e-4` is a
+    float (YAML 1.1: a string), `1:00:00` a string (1.1: the sexagesimal 3600), `0755` the
+    decimal 755 (1.1: octal), and `2026-01-01` a string (1.1: a date). Every pitstop data
+    file and recipe is read with it."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in (_INT_TAG, _FLOAT_TAG, _TIMESTAMP_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12Loader.add_implicit_resolver(_INT_TAG, _INT, list("-+0123456789"))
+Yaml12Loader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+0123456789."))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text, 0)
+    return int(text, 10)
+
+
+Yaml12Loader.add_constructor(_INT_TAG, _construct_int)
+
+
+def key_path_lines(node: yaml.Node, prefix: KeyPath = ()) -> tuple[dict[KeyPath, int], list[tuple[int, str]]]:
+    """The line of every key of a composed YAML node, by key path (a list item's under
+    its index: `("defaults", "[0]")`), and the problems found on the way as (line,
+    message): a key given twice, a key that is not a plain name."""
+    lines: dict[KeyPath, int] = {}
+    problems: list[tuple[int, str]] = []
+    _walk(node, prefix, lines, problems)
+    return lines, problems
+
+
+def _walk(node: yaml.Node, prefix: KeyPath, lines: dict[KeyPath, int], problems: list[tuple[int, str]]) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[prefix + (f"[{index}]",)] = item.start_mark.line + 1
+            _walk(item, prefix + (f"[{index}]",), lines, problems)
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key_node.start_mark.line + 1
+        if not isinstance(key_node, yaml.ScalarNode):
+            problems.append((line, f"a key must be a plain name, not a {key_node.id}"))
+            continue
+        key = str(key_node.value)
+        if key in seen:
+            problems.append((line, f"duplicate key {'.'.join(prefix + (key,))} (first set on line {seen[key]})"))
+            continue
+        seen[key] = line
+        lines[prefix + (key,)] = line
+        _walk(value_node, prefix + (key,), lines, problems)
 
 
 class DataFileError(ValueError):
@@ -54,7 +128,7 @@ class MarkedDict(dict):
         return DataFileError(self.file_of(key), self.line_of(key), path, message)
 
 
-class _MarkedLoader(yaml.SafeLoader):
+class _MarkedLoader(Yaml12Loader):
     """SafeLoader that builds MarkedDicts and refuses duplicate keys."""
 
 
