@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from pitstop.daemon.nvml import GpuReading
 from pitstop.hooks import checks_quick, nvml_read
 from pitstop.hooks.checks import (CheckContext, CheckResult, overall, registered, run_level,
                                   summary)
@@ -135,23 +136,23 @@ def test_clock_check_skips_with_the_reason_where_no_tool_answers():
 
 
 @pytest.mark.parametrize("counters,judge,status", [
-    (dict(dbe_volatile=0), nvml_read.judge_dbe, "pass"),
-    (dict(dbe_volatile=2), nvml_read.judge_dbe, "fail"),
-    (dict(remap_pending=True, remap_failed=False), nvml_read.judge_remap, "fail"),
-    (dict(remap_pending=False, remap_failed=True), nvml_read.judge_remap, "fail"),
-    (dict(remap_pending=False, remap_failed=False), nvml_read.judge_remap, "pass"),
-    (dict(retired_pending=True), nvml_read.judge_retired, "fail"),
+    (dict(ecc_dbe_volatile=0), nvml_read.judge_dbe, "pass"),
+    (dict(ecc_dbe_volatile=2), nvml_read.judge_dbe, "fail"),
+    (dict(row_remap_pending=True, row_remap_failure=False), nvml_read.judge_remap, "fail"),
+    (dict(row_remap_pending=False, row_remap_failure=True), nvml_read.judge_remap, "fail"),
+    (dict(row_remap_pending=False, row_remap_failure=False), nvml_read.judge_remap, "pass"),
+    (dict(retired_pages_pending=True), nvml_read.judge_retired, "fail"),
     (dict(pcie_width=8, pcie_width_max=16, pcie_gen=5, pcie_gen_max=5), nvml_read.judge_pcie, "fail"),
     (dict(pcie_width=16, pcie_width_max=16, pcie_gen=1, pcie_gen_max=5), nvml_read.judge_pcie, "warn"),
     (dict(pcie_width=16, pcie_width_max=16, pcie_gen=5, pcie_gen_max=5), nvml_read.judge_pcie, "pass"),
     (dict(), nvml_read.judge_dbe, "skip"),
 ])
 def test_gpu_counter_rules(counters, judge, status):
-    assert judge(nvml_read.GpuCounters(index=0, **counters))[0] == status
+    assert judge(GpuReading(index=0, **counters))[0] == status
 
 
 def test_gpu_checks_report_per_gpu_from_a_snapshot():
-    snap = nvml_read.NvmlSnapshot([nvml_read.GpuCounters(0, dbe_volatile=0), nvml_read.GpuCounters(1, dbe_volatile=3)])
+    snap = nvml_read.NvmlSnapshot([GpuReading(0, ecc_dbe_volatile=0), GpuReading(1, ecc_dbe_volatile=3)])
     ctx = CheckContext(HooksConfig(expected_gpus=2))
     ctx.cache["nvml"] = snap
     results = run_level("quick", ctx, ["nvml", "gpu_count", "ecc_dbe"])
@@ -223,5 +224,5 @@ def test_a_hung_nvml_read_fails_in_time_instead_of_hanging_the_hook():
     ctx.cache["nvml"] = snap
     (result,) = run_level("quick", ctx, ["nvml"])
     assert result.status == "fail" and "did not answer within 0.2s" in result.message
-    fine = checks_quick.snapshot_within(lambda: nvml_read.NvmlSnapshot([nvml_read.GpuCounters(0)]), 5)
+    fine = checks_quick.snapshot_within(lambda: nvml_read.NvmlSnapshot([GpuReading(0)]), 5)
     assert len(fine.gpus) == 1
