@@ -23,6 +23,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "hooks": ("pitstop.hooks.cli:hooks", "Slurm Prolog/Epilog/HealthCheckProgram entry points."),
     "tui": ("pitstop.tui.cli:tui", "The terminal UI, locally or over SSH."),
     "demo": ("pitstop.demo:demo", "The whole story on one machine: a run survives a dying GPU."),
+    "plans": ("pitstop.plans.cli:plans", "Training plans: find capacity, book reservations, carry a run."),
 }
 
 

@@ -1,7 +1,7 @@
 """The cluster's calendar and the offerings a training plan can book (issue #8, search).
 
 Pure functions over a snapshot: running jobs hold their nodes until their expected end
-(start + time limit, as Slurm judges it), reservations block their nodes for their span,
+(start + time limit, as Slurm judges it, and the second after), reservations block their nodes for their span,
 and down, drained or failed nodes do not count. From that, `search` finds the earliest
 single window with enough nodes for the whole duration, and the earliest combination of
 at most K segments that adds up to it.
@@ -15,6 +15,9 @@ from typing import Iterable
 from pitstop.model import ClusterSnapshot, Reservation
 
 INFINITE = float("inf")
+# Slurm counts a job's nodes busy through the second its time limit ends: a reservation
+# that starts at exactly that second is refused ("Requested nodes are busy").
+JOB_END_SLACK = 1.0
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def calendar_from(snapshot: ClusterSnapshot, reservations: Iterable[Reservation]
             end = job.start_time + job.time_limit
         else:
             end = INFINITE
-        busy += [Busy(node, now, max(end, now), f"job {job.job_id}") for node in job.nodes]
+        busy += [Busy(node, now, max(end + JOB_END_SLACK, now), f"job {job.job_id}") for node in job.nodes]
     for resv in reservations:
         start, end = resv.start_time or now, resv.end_time or INFINITE
         if end <= now:

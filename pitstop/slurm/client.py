@@ -295,6 +295,31 @@ class Slurm:
         return wait_until(lambda: predicate(self), timeout, what=what, interval=interval,
                           retry_on=(SlurmError,))
 
+    # --- reservations, for training plans (issue #8) ------------------------------------
+
+    def reservation(self, name: str) -> Reservation | None:
+        """One reservation by name, or None when Slurm has none of that name."""
+        return next((r for r in self.reservations() if r.name == name), None)
+
+    def update_reservation(self, name: str, **fields: str) -> None:
+        """`scontrol update ReservationName=NAME Key=Value…` (a later EndTime, say)."""
+        if not _RESV_NAME.match(name):
+            raise ValueError(f"bad reservation name {name!r}")
+        args = ["scontrol", "update", f"ReservationName={name}"]
+        for key, value in fields.items():
+            if not re.fullmatch(r"[A-Za-z]+", key) or not re.fullmatch(r"[A-Za-z0-9:.,_\-+]+", str(value)):
+                raise ValueError(f"bad reservation field {key}={value!r}")
+            args.append(f"{key}={value}")
+        self.run(args)
+
+    def test_only_start(self, args: Sequence[str]) -> float | None:
+        """Where `sbatch --test-only ARGS --wrap true` says such a job would start (Slurm's
+        guess from running jobs and reservations; no job is made)."""
+        proc = self.run_full(["sbatch", "--test-only", *args, "--wrap", "true"], check=False)
+        if proc.returncode != 0:
+            raise SlurmError(["sbatch", "--test-only", *args], proc.returncode, proc.stderr)
+        return parse.test_only_start(proc.stderr + proc.stdout)
+
 
 def _node_arg(nodes: str | Sequence[str]) -> str:
     text = nodes if isinstance(nodes, str) else compress(list(nodes))

@@ -345,3 +345,19 @@ def job_from_scontrol(output: str) -> dict[str, str]:
     """`scontrol show job -o ID` as a dict of Slurm's own keys (for the detail view)."""
     line = next((l for l in output.splitlines() if l.startswith("JobId=")), "")
     return parse_key_values(line)
+
+
+def format_time(epoch: float) -> str:
+    """Epoch seconds as Slurm's `2026-12-01T08:31:32`, in local time (the controller's, as
+    `parse_time` assumes): the inverse of `parse_time`, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(int(epoch)))
+
+
+_TEST_ONLY_START = re.compile(r"to start at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
+
+
+def test_only_start(output: str) -> float | None:
+    """When `sbatch --test-only` says a job would start ("Job 12 to start at
+    2026-12-01T11:48:21 using …"), as epoch seconds; None when it says no such thing."""
+    match = _TEST_ONLY_START.search(output)
+    return parse_time(match.group(1)) if match else None
