@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pitstop.fsutil import write_atomic, write_json_atomic
+from pitstop.systemd import render_unit
 
 UNIT_NAME = "pitstop-agent.service"
 MANIFEST = Path("var/lib/pitstop/install-manifest.json")
@@ -72,23 +73,16 @@ class InstallPlan:
         return "/" + str(path.relative_to(self.prefix)) if self.prefix != Path("/") else str(path)
 
     def unit(self) -> str:
-        return f"""\
-[Unit]
-Description=pitstop node agent: watch, decide, fence
-After=network-online.target slurmd.service
-Wants=network-online.target
-
-[Service]
-Type=notify
-ExecStart={self.python} -m pitstop agent run --config /etc/pitstop/agent.yaml
-Restart=always
-RestartSec=5
-WatchdogSec={WATCHDOG_S}
-NotifyAccess=main
-
-[Install]
-WantedBy=multi-user.target
-"""
+        return render_unit({
+            "Unit": [("Description", "pitstop node agent: watch, decide, fence"),
+                     ("After", "network-online.target slurmd.service"),
+                     ("Wants", "network-online.target")],
+            "Service": [("Type", "notify"),
+                        ("ExecStart", f"{self.python} -m pitstop agent run --config /etc/pitstop/agent.yaml"),
+                        ("Restart", "always"), ("RestartSec", "5"), ("WatchdogSec", str(WATCHDOG_S)),
+                        ("NotifyAccess", "main")],
+            "Install": [("WantedBy", "multi-user.target")],
+        })
 
     def wrapper(self, hook: str) -> str:
         conf = self.installed(self.conf)

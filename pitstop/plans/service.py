@@ -1,22 +1,16 @@
 """The systemd unit that runs `pitstop plans watch` on the head or login node.
 
-The unit is data (sections of key/value pairs) rendered in one place, so the options
-read as a table; `plans service` prints or writes it.
+The unit is data (`pitstop.systemd`, as the agent's is); `plans service` prints or
+writes it.
 """
 
 from __future__ import annotations
 
 import sys
 
+from pitstop.systemd import render_unit
+
 UNIT_NAME = "pitstop-plans-watch.service"
-
-
-def render_unit(sections: dict[str, list[tuple[str, str]]]) -> str:
-    """INI text for systemd: one `[Section]` block per key, lines in the order given."""
-    blocks = []
-    for section, pairs in sections.items():
-        blocks.append("\n".join([f"[{section}]", *(f"{key}={value}" for key, value in pairs)]))
-    return "\n\n".join(blocks) + "\n"
 
 
 def watch_unit(state_dir: str, python: str = sys.executable, interval: float = 30.0,
