@@ -17,14 +17,17 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
-from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
+from textual.widgets import ContentSwitcher, Footer, Input, Static
 
 from pitstop.tui import details, screens
 from pitstop.tui import views as v
+from pitstop.tui.collector import Collector
 from pitstop.tui.data import ClusterView
 from pitstop.tui.providers import Launched, Provider, ProviderError, operator_reason
+from pitstop.tui.table import KeyedTable
 from pitstop.tui.widgets import DataView, PromptInput
 
 DEFAULT_INTERVAL_S = 2.0
@@ -208,8 +211,8 @@ class MainScreen(Screen[None]):
 
     # --- detail and output ------------------------------------------------------------
 
-    @on(DataTable.RowSelected)
-    def _row_selected(self, event: DataTable.RowSelected) -> None:
+    @on(KeyedTable.RowSelected)
+    def _row_selected(self, event: KeyedTable.RowSelected) -> None:
         event.stop()
         self.action_detail()
 
@@ -322,6 +325,9 @@ class PitstopApp(App[None]):
         self.last_error: str = ""
         self.error_at: float | None = None
         self.refreshes = 0
+        self._status_rows = 0
+        self.collector = Collector()
+        self.row_memos = {name: v.RowMemo(source) for name, source in v.ROW_SOURCES.items()}
         self._next_refresh = None
 
     def on_mount(self) -> None:
@@ -374,12 +380,28 @@ class PitstopApp(App[None]):
         self.refreshes += 1
         self.show_view(self.main.view_name)
         self.update_status()
+        self.call_after_refresh(self._catch_up, [n for n in self.row_memos if n != self.main.view_name])
 
     def show_view(self, name: str) -> None:
-        """Bring the table of view `name` up to date; hidden views wait until shown."""
-        build = v.ROW_BUILDERS.get(name)
-        if build is not None and self.view is not None:
-            self.main.table(name).show(build(self.view))
+        """Bring the table of view `name` up to date."""
+        memo = self.row_memos.get(name)
+        if memo is not None and self.view is not None:
+            self.main.table(name).show(memo.rows(self.view))
+
+    def _catch_up(self, hidden: list[str]) -> None:
+        """Once a refresh is on screen, the hidden views catch up, one per turn of the
+        message loop so a key pressed meanwhile goes first; then the garbage is settled.
+        A `:jobs` a moment later then finds its table already built."""
+        if hidden:
+            name = hidden.pop(0)
+            try:
+                if name != self.main.view_name:
+                    self.show_view(name)
+            except (NoMatches, StopIteration):  # the app is closing: nothing left to catch up
+                return
+            self.call_later(self._catch_up, hidden)
+        else:
+            self.collector.settle()
 
     def refresh_failed(self, message: str) -> None:
         self.last_error, self.error_at = message, time.time()
@@ -424,7 +446,11 @@ class PitstopApp(App[None]):
             line.append(f"· refreshed {v.clock(self.last_good_at)} UTC ", style="dim")
         if self.last_error:
             line.append(f"· error: {self.last_error}", style="bold red")
-        status.update(line)
+        # A new layout (the whole screen's) only when the line may wrap to another height:
+        # the clock changing every refresh must not cost one.
+        rows = 1 + line.cell_len // max(1, status.size.width or 1)
+        status.update(line, layout=rows != self._status_rows)
+        self._status_rows = rows
 
     # --- actions ----------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ def tui(ssh_spec: str | None, readonly: bool | None, state_dir: Path | None, int
     `/` filters, `?` lists every key."""
     from pitstop.tui.app import DEFAULT_INTERVAL_S, PitstopApp, binding_ids
     from pitstop.tui.config import load_config
-    from pitstop.tui.providers import LocalProvider, SshProvider, ssh_target
+    from pitstop.tui.providers import LocalStreamProvider, SshProvider, ssh_target
 
     try:
         config = load_config(config_path, binding_ids())
@@ -55,7 +55,7 @@ def tui(ssh_spec: str | None, readonly: bool | None, state_dir: Path | None, int
             raise click.UsageError(f"--ssh {ssh_spec}: {exc}") from None
         provider = SshProvider(target, state_dir=str(state_dir) if state_dir else None)
     else:
-        provider = LocalProvider(state_dir=state_dir)
+        provider = LocalStreamProvider(state_dir=state_dir)
     app = PitstopApp(provider,
                      readonly=bool(readonly if readonly is not None else config.get("readonly", False)),
                      interval=float(interval or config.get("interval") or DEFAULT_INTERVAL_S),

@@ -71,25 +71,17 @@ class ClusterView:
     def to_dict(self) -> dict[str, Any]:
         return {"taken_at": self.taken_at, "source": self.source,
                 "nodes": [n.to_dict() for n in self.nodes],
-                "jobs": [{"job": j.job.to_dict(),
-                          "progress": asdict(j.progress) if j.progress else None} for j in self.jobs],
+                "jobs": [job_row_to_dict(j) for j in self.jobs],
                 "checkpoints": [asdict(c) for c in self.checkpoints],
                 "events": self.events}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ClusterView":
-        node_fields = set(NodeHealth.__dataclass_fields__)
-        progress_fields = set(RunProgress.__dataclass_fields__)
-        checkpoint_fields = set(CheckpointRow.__dataclass_fields__)
         return cls(
             taken_at=float(data["taken_at"]), source=str(data.get("source", "local")),
-            nodes=[NodeHealth(**{k: v for k, v in n.items() if k in node_fields})
-                   for n in data.get("nodes", [])],
-            jobs=[JobRow(Job.from_dict(j["job"]),
-                         RunProgress(**{k: v for k, v in j["progress"].items() if k in progress_fields})
-                         if j.get("progress") else None) for j in data.get("jobs", [])],
-            checkpoints=[CheckpointRow(**{k: v for k, v in c.items() if k in checkpoint_fields})
-                         for c in data.get("checkpoints", [])],
+            nodes=[node_from_dict(n) for n in data.get("nodes", [])],
+            jobs=[job_row_from_dict(j) for j in data.get("jobs", [])],
+            checkpoints=[checkpoint_from_dict(c) for c in data.get("checkpoints", [])],
             events=list(data.get("events", [])))
 
     def node(self, name: str) -> NodeHealth | None:
@@ -97,6 +89,35 @@ class ClusterView:
 
     def job(self, job_id: str) -> JobRow | None:
         return next((j for j in self.jobs if j.job.job_id == job_id), None)
+
+
+_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    """`cls` from `data`, ignoring keys this version does not know (a newer login node
+    still talks); the field names are looked up once per class, not once per row."""
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(cls.__dataclass_fields__)
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def node_from_dict(data: dict[str, Any]) -> NodeHealth:
+    return _build(NodeHealth, data)
+
+
+def job_row_to_dict(row: JobRow) -> dict[str, Any]:
+    return {"job": row.job.to_dict(), "progress": asdict(row.progress) if row.progress else None}
+
+
+def job_row_from_dict(data: dict[str, Any]) -> JobRow:
+    progress = data.get("progress")
+    return JobRow(_build(Job, data["job"]), _build(RunProgress, progress) if progress else None)
+
+
+def checkpoint_from_dict(data: dict[str, Any]) -> CheckpointRow:
+    return _build(CheckpointRow, data)
 
 
 def run_dir_of(job: Job) -> Path | None:

@@ -44,9 +44,10 @@ def detail_screen(view: ClusterView | None, recipes: list[dict[str, Any]], view_
                   for e in view.events if e.get("node") == key][:20]
         actions = [f"{v.clock(a.get('time'))}  {a.get('action')} {'ok' if a.get('ok', True) else 'FAILED'} "
                    f"{a.get('reason', '')}" for a in node.actions]
-        return screens.DetailScreen(f"node {key}", screens.detail_text(fields, [
-            ("worst open finding", findings), ("devices with findings", devices),
-            ("recent events", recent), ("pitstop's actions", actions)]))
+        return screens.DetailScreen(
+            f"node {key}", screens.detail_text(fields), devices_of=key,
+            after=screens.detail_text([], [("worst open finding", findings), ("devices with findings", devices),
+                                           ("recent events", recent), ("pitstop's actions", actions)]))
     if view_name == "jobs" and (row := view.job(key)):
         job, p = row.job, row.progress
         fields = [("job", job.job_id), ("name", job.name), ("user", job.user), ("state", job.state),
@@ -68,7 +69,7 @@ def detail_screen(view: ClusterView | None, recipes: list[dict[str, Any]], view_
         return screens.DetailScreen(f"job {key} · l for its output", screens.detail_text(
             fields, [("checkpoints", ckpts)]), losses=p.losses if p else None)
     if view_name == "ckpt":
-        found = next((c for c in view.checkpoints if f"{c.run_dir}#{c.step}" == key), None)
+        found = next((c for c in view.checkpoints if v.checkpoint_key(c) == key), None)
         if found is None:
             return None
         return screens.DetailScreen(f"checkpoint step {found.step}", screens.detail_text([
@@ -77,8 +78,7 @@ def detail_screen(view: ClusterView | None, recipes: list[dict[str, Any]], view_
             ("written", f"{v.clock(found.mtime)} UTC"),
             ("restart loads it", "yes" if found.restart_target else "no")]))
     if view_name == "events":
-        found = next((e for e in view.events if f"{e.get('time')}|{e.get('node')}|{e.get('kind')}|"
-                      f"{v.event_text(e)}" == key), None)
+        found = next((e for e in view.events if v.event_key(e) == key), None)
         if found is None:
             return None
         return screens.DetailScreen(f"event on {found.get('node')}",

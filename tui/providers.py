@@ -2,8 +2,10 @@
 
 The app holds one `Provider` and never knows which. `LocalProvider` reads Slurm (two
 calls per refresh, through `pitstop.slurm`), the agents' state directory and the run
-directories; `SshProvider` runs the same code on the login node (`python -m
-pitstop.tui.remote …`, one command per refresh) and reads job output over SFTP. Every
+directories; `LocalStreamProvider`, what `pitstop tui` uses on the login node, has a
+child process do those reads; `SshProvider` runs the same code on the login node (`python -m
+pitstop.tui.remote …`: one process for the session that answers each refresh with the
+rows that changed, one command for each action) and reads job output over SFTP. Every
 failure is a `ProviderError` whose text is fit for the screen.
 """
 
@@ -14,6 +16,9 @@ import json
 import os
 import shlex
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from pitstop.health_view import cluster_health, events, load_states
+from pitstop.tui import wire
 from pitstop.tui.data import ClusterView, join_runs
+from pitstop.tui.devices import devices_of, node_state
 
 DEFAULT_STATE_DIR = "/var/lib/pitstop"
 OUTPUT_CHUNK = 1024 * 1024  # the most of a job's output read per poll
@@ -93,6 +100,12 @@ class Provider:
 
     def read_output(self, path: str, offset: int) -> tuple[str, int]:
         """Text of the file `path` from byte `offset`, and the offset to read from next."""
+        raise NotImplementedError
+
+    def devices(self, node: str) -> list[dict[str, Any]] | None:
+        """The node's accelerators as its agent last read them (`telemetry["devices"]` of
+        its state file); None when the agent publishes none. Asked for one node when its
+        detail opens, so the whole-cluster refresh stays small."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -188,6 +201,9 @@ class LocalProvider(Provider):
             raise ProviderError(f"launch {recipe}: {exc}") from None
         return Launched(job_id=str(result.job_id), run_dir=str(result.run_dir))
 
+    def devices(self, node: str) -> list[dict[str, Any]] | None:
+        return devices_of(node_state(self.state_dir, node))
+
     def read_output(self, path: str, offset: int) -> tuple[str, int]:
         try:
             with open(path, "rb") as fh:
@@ -198,6 +214,71 @@ class LocalProvider(Provider):
         except OSError as exc:
             raise ProviderError(f"cannot read {path}: {exc}") from None
         return data.decode("utf-8", "replace"), offset + len(data)
+
+
+def _decoded(decoder: wire.Decoder, answer: str, where: str, restart) -> ClusterView:
+    """The view in a far side's answer; its error, or an answer this side cannot read
+    (then `restart()` the stream, which is out of step), as a ProviderError."""
+    try:
+        return decoder.decode(answer)
+    except wire.RemoteError as exc:
+        raise ProviderError(str(exc)) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        restart()
+        raise ProviderError(f"unreadable view from {where}: {exc}") from None
+
+
+class LocalStreamProvider(LocalProvider):
+    """This machine, with each refresh built by a child process (`remote watch`, as over
+    SSH). On a big cluster a refresh reads thousands of state files: in the child that
+    is the child's CPU and its own interpreter lock, so the screen never waits on it, and
+    the child answers with only the rows that changed. Actions, launches and output are
+    the LocalProvider's own."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._child: subprocess.Popen | None = None
+        self._errors = None  # the child's stderr
+        self._decoder = wire.Decoder()
+        self._fetching = threading.Lock()
+
+    def _start(self) -> subprocess.Popen:
+        if self._child is None or self._child.poll() is not None:
+            command = [sys.executable, "-m", "pitstop.tui.remote", "--state-dir", str(self.state_dir), "watch"]
+            self._errors = tempfile.TemporaryFile(mode="w+")  # a file, so a chatty child never blocks
+            self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=self._errors, text=True, env=self.slurm.env)
+            self._decoder = wire.Decoder()  # the child starts afresh: so does this side
+        return self._child
+
+    def fetch(self) -> ClusterView:
+        with self._fetching:
+            child = self._start()
+            try:
+                answer = wire.ask(child.stdin, child.stdout)
+            except OSError as exc:  # the child went away mid-request
+                answer, why = None, str(exc)
+            else:
+                why = ""
+            if answer is None:
+                self.close()
+                self._errors.seek(0)
+                err = (self._errors.read() or why).strip().splitlines()
+                raise ProviderError((err[-1].removeprefix("error: ") if err else "the view process ended")
+                                    + "; it restarts with the next refresh")
+            view = _decoded(self._decoder, answer, "the view process", self.close)
+        view.source = self.label
+        return view
+
+    def close(self) -> None:
+        child, self._child = self._child, None
+        if child is not None and child.poll() is None:
+            child.stdin.close()  # the child ends when its stdin does
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 @dataclass
@@ -256,6 +337,10 @@ class SshProvider(Provider):
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_error = ""
+        self._decoder = wire.Decoder()
+        self._stream = None  # (stdin, stdout, stderr) of `remote watch`
+        self._fetching = threading.Lock()
+        self._one_shot = False  # the far side has no `watch`: one command a refresh
         self.connects = 0  # successful connections, for tests
 
     # --- connection -------------------------------------------------------------------
@@ -320,7 +405,7 @@ class SshProvider(Provider):
 
     def _drop(self, why: str) -> None:
         """Forget the connection; the next call reconnects (after the backoff)."""
-        client, self._client, self._sftp = self._client, None, None
+        client, self._client, self._sftp, self._stream = self._client, None, None, None
         if client is not None:
             client.close()
         self._last_error = f"connection to {self.target.display} lost: {why}"
@@ -334,7 +419,7 @@ class SshProvider(Provider):
 
     def close(self) -> None:
         with self._lock:
-            client, self._client, self._sftp = self._client, None, None
+            client, self._client, self._sftp, self._stream = self._client, None, None, None
         if client is not None:
             client.close()
 
@@ -372,20 +457,59 @@ class SshProvider(Provider):
                                   else "python3")
         return self.remote_python
 
-    def _remote(self, *args: str) -> Any:
+    def _command(self, *args: str) -> list[str]:
         command = [self._python(), "-m", "pitstop.tui.remote"]
         if self.state_dir:
             command += ["--state-dir", str(self.state_dir)]
-        out = self.run_remote(command + list(args))
+        return command + list(args)
+
+    def _run_pitstop(self, *args: str) -> str:
+        return self.run_remote(self._command(*args))
+
+    def _remote(self, *args: str) -> Any:
+        out = self._run_pitstop(*args)
         try:
             return json.loads(out)
         except json.JSONDecodeError:
             raise ProviderError(f"unreadable answer from {self.target.host}: {out[:200]!r}") from None
 
     def fetch(self) -> ClusterView:
-        view = ClusterView.from_dict(self._remote("view"))
+        """One refresh: an answer on the `remote watch` stream (started on the first
+        refresh, again after a lost one), or, where the far side's pitstop has no
+        `watch`, one `remote view` command."""
+        with self._fetching:  # a refresh started while one runs waits: one stream, one decoder
+            out = self._run_pitstop("view") if self._one_shot else self._watch_answer()
+            view = _decoded(self._decoder, out, self.target.host, self._close_stream)
         view.source = self.label
         return view
+
+    def _watch_answer(self) -> str:
+        import paramiko
+
+        client = self._ensure()
+        try:
+            if self._stream is None:
+                self._stream = client.exec_command(shlex.join(self._command("watch")), timeout=self.timeout)
+                self._decoder = wire.Decoder()  # the far side starts afresh: so does this side
+            stdin, stdout, stderr = self._stream
+            answer = wire.ask(stdin, stdout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._lost(exc) from None
+        if answer is not None:
+            return answer
+        # The far side ended the stream: say why, and use one command a refresh if it
+        # is an older pitstop without `watch`.
+        err = stderr.read().decode("utf-8", "replace").strip()
+        self._close_stream()
+        if "No such command" in err:
+            self._one_shot = True
+            return self._run_pitstop("view")
+        raise ProviderError(err.removeprefix("error: ") or f"the view stream from {self.target.host} ended")
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream[0].channel.close()
 
     def drain(self, node: str, reason: str) -> None:
         self._remote("drain", node, "--reason", reason)
@@ -401,6 +525,9 @@ class SshProvider(Provider):
 
     def recipes(self) -> list[dict[str, Any]]:
         return self._remote("recipes")
+
+    def devices(self, node: str) -> list[dict[str, Any]] | None:
+        return self._remote("devices", node)
 
     def preview(self, recipe: str, overrides: list[str]) -> LaunchPreview:
         return LaunchPreview(**self._remote("preview", recipe, "--", *overrides))

@@ -1,9 +1,10 @@
 """`python -m pitstop.tui.remote …`: what the SSH provider runs on the login node.
 
 Hidden (not a `pitstop` command): the far side of `SshProvider`. Each sub-command runs the
-local provider there and prints one JSON document, so a refresh over SSH is one command
-and the same code builds the view on both sides. Errors go to stderr as one line,
-`error: …`, with exit status 1.
+local provider there and prints one JSON document, so the same code builds the view on
+both sides; `watch` stays up for the session and answers each refresh with the rows that
+changed (pitstop.tui.wire). Errors go to stderr as one line, `error: …`, with exit
+status 1.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict
 
 import click
 
+from pitstop.tui import wire
 from pitstop.tui.providers import LocalProvider, ProviderError, default_state_dir
 
 
@@ -32,7 +34,26 @@ def _answer(value) -> None:
 @remote.command()
 @click.pass_obj
 def view(provider: LocalProvider) -> None:
-    _answer(provider.fetch().to_dict())
+    """One row a line (pitstop.tui.wire), so the far side parses only the rows that changed."""
+    click.echo(wire.encode(provider.fetch()), nl=False)
+
+
+@remote.command()
+@click.pass_obj
+def watch(provider: LocalProvider) -> None:
+    """A view for each line read from stdin, each a delta against the one before and
+    ended by a line `.`, until stdin closes: one process for a whole session instead of
+    one per refresh, and a refresh carries only the rows that changed."""
+    encoder = wire.DeltaEncoder()
+    for _ in sys.stdin:
+        try:
+            answer = encoder.encode(provider.fetch())
+        except ProviderError as exc:
+            answer = wire.error_answer(str(exc))
+        except Exception as exc:  # a surprise this time: said, and the stream goes on
+            answer = wire.error_answer(f"{type(exc).__name__}: {exc}")
+        sys.stdout.write(answer + wire.END)
+        sys.stdout.flush()
 
 
 @remote.command()
@@ -72,6 +93,14 @@ def cancel(provider: LocalProvider, job_id: str) -> None:
 @click.pass_obj
 def recipes(provider: LocalProvider) -> None:
     _answer(provider.recipes())
+
+
+@remote.command()
+@click.argument("node")
+@click.pass_obj
+def devices(provider: LocalProvider, node: str) -> None:
+    """One node's per-device readings from its state file (null: its agent publishes none)."""
+    _answer(provider.devices(node))
 
 
 @remote.command()

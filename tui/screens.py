@@ -89,15 +89,22 @@ class ConfirmScreen(ModalScreen[str | None]):
 
 
 class DetailScreen(Screen[None]):
-    """Everything about one row: a node's devices and findings, a job's progress."""
+    """Everything about one row: a node's devices and findings, a job's progress.
+
+    A node's per-device readings are asked of the provider when the screen opens (one
+    node, from a thread worker), so the screen is up at once and the table follows."""
 
     BINDINGS = [Binding("escape,q", "app.pop_screen", "Back", id="pitstop.back")]
 
-    def __init__(self, title: str, body: Text | str, losses: list[float] | None = None) -> None:
+    def __init__(self, title: str, body: Text | str, losses: list[float] | None = None,
+                 devices_of: str | None = None, after: Text | None = None) -> None:
         super().__init__()
         self.title_text = title
         self.body = body
         self.losses = losses
+        self.devices_of = devices_of
+        self.after = after
+        self.devices_loaded = False
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.title_text, style="bold reverse"), classes="screen-title")
@@ -106,7 +113,36 @@ class DetailScreen(Screen[None]):
             yield Sparkline(self.losses, id="detail-losses")
         with VerticalScroll(id="detail-scroll"):
             yield Static(self.body, id="detail-body")
+            if self.devices_of is not None:
+                yield Static(Text("devices", style="bold underline"), classes="detail-heading")
+                yield Static(Text("reading the agent's device readings…", style="dim"), id="detail-devices")
+            if self.after is not None:
+                yield Static(self.after, id="detail-after")
         yield Footer()
+
+    def on_mount(self) -> None:
+        if self.devices_of is not None:
+            self._read_devices(self.devices_of)
+
+    @work(thread=True, exclusive=True, group="devices", exit_on_error=False)
+    def _read_devices(self, node: str) -> None:
+        from pitstop.tui.devices import device_table
+
+        try:
+            shown = device_table(self.app.provider.devices(node))
+        except ProviderError as exc:
+            shown = Text(f"device readings: {exc}", style="bold red")
+        except Exception as exc:  # a surprise: a line on screen, never a traceback
+            shown = Text(f"device readings: {type(exc).__name__}: {exc}", style="bold red")
+        try:
+            self.app.call_from_thread(self._show_devices, shown)
+        except Exception:  # the app closed under us
+            pass
+
+    def _show_devices(self, shown) -> None:
+        if self.is_attached:
+            self.query_one("#detail-devices", Static).update(shown)
+            self.devices_loaded = True
 
 
 class LogScreen(Screen[None]):

@@ -11,11 +11,10 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from rich.text import Text
-
-from pitstop.tui.data import ClusterView
+from pitstop.health_view import NodeHealth
+from pitstop.tui.data import CheckpointRow, ClusterView, JobRow
 
 SPARK_BARS = "▁▂▃▄▅▆▇█"
 HEALTH_SEVERITY = {"OK": 0, "UNKNOWN": 1, "SUSPECT": 2, "CHECKING": 3, "REBOOTING": 4, "FENCED": 5}
@@ -23,15 +22,9 @@ HEALTH_STYLES = {"OK": "green", "SUSPECT": "yellow", "FENCED": "bold red",
                  "REBOOTING": "magenta", "CHECKING": "cyan", "UNKNOWN": "dim"}
 
 
-class SortText(Text):
-    """The Text a table holds, with the value its column sorts by."""
-
-    sort_value: Any = (0, "")
-
-
 class Cell:
-    """One cell of a row as plain data: cheap to build for every row on every refresh;
-    the table turns only the cells that changed into Text."""
+    """One cell of a row as plain data: its text, the value its column sorts by, and its
+    style. The table draws it as is; nothing is rendered until the row is on screen."""
 
     __slots__ = ("plain", "sort_value", "style")
 
@@ -41,14 +34,14 @@ class Cell:
         self.sort_value = (0, "") if sort_value is None and not text else \
             (1, sort_value if sort_value is not None else text)
 
-    @property
-    def signature(self) -> tuple[str, str]:
-        return (self.plain, self.style)
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cell) and (self.plain, self.style, self.sort_value) == \
+            (other.plain, other.style, other.sort_value)
 
-    def text(self) -> SortText:
-        rendered = SortText(self.plain, style=self.style, no_wrap=True, overflow="ellipsis")
-        rendered.sort_value = self.sort_value
-        return rendered
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Cell({self.plain!r})"
 
 
 @dataclass(frozen=True)
@@ -175,57 +168,130 @@ def event_text(event: dict[str, Any]) -> str:
 Rows = dict[str, list[Cell]]
 
 
-def node_rows(view: ClusterView) -> Rows:
-    rows: Rows = {}
-    for n in view.nodes:
-        health = n.health + (f"({n.fence_class})" if n.fence_class else "")
-        if n.health != "UNKNOWN" and n.agent_stale:
-            health += "?"
-        healthy = "-" if n.accelerators_healthy is None else str(n.accelerators_healthy)
-        slurm_style = "red" if any(f in n.slurm_state for f in ("drain", "down", "fail")) else ""
-        rows[n.node] = [
-            Cell(n.node, _natural(n.node)), Cell(n.slurm_state, style=slurm_style),
+def node_cells(n: NodeHealth) -> list[Cell]:
+    health = n.health + (f"({n.fence_class})" if n.fence_class else "")
+    if n.health != "UNKNOWN" and n.agent_stale:
+        health += "?"
+    healthy = "-" if n.accelerators_healthy is None else str(n.accelerators_healthy)
+    slurm_style = "red" if any(f in n.slurm_state for f in ("drain", "down", "fail")) else ""
+    return [Cell(n.node, _natural(n.node)), Cell(n.slurm_state, style=slurm_style),
             Cell(health, (HEALTH_SEVERITY.get(n.health, 1), health), style=HEALTH_STYLES.get(n.health, "")),
             Cell(f"{healthy}/{n.accelerators_total}", n.accelerators_healthy or 0),
             Cell(",".join(n.jobs)), Cell(finding_text(n.worst_finding)),
             Cell(n.reason, style="bold" if n.reason_is_pitstop else "")]
-    return rows
 
 
-def job_rows(view: ClusterView) -> Rows:
-    rows: Rows = {}
-    for row in view.jobs:
-        job, p = row.job, row.progress
-        step = ""
-        if p is not None:
-            step = f"{p.step}/{p.max_steps}" if p.max_steps else str(p.step)
-        state_style = {"RUNNING": "green", "PENDING": "yellow", "FAILED": "red",
-                       "CANCELLED": "dim", "COMPLETED": "blue"}.get(job.state, "")
-        rows[job.job_id] = [
-            Cell(job.job_id, _natural(job.job_id)), Cell(job.name), Cell(job.user),
+def job_cells(row: JobRow) -> list[Cell]:
+    job, p = row.job, row.progress
+    step = ""
+    if p is not None:
+        step = f"{p.step}/{p.max_steps}" if p.max_steps else str(p.step)
+    state_style = {"RUNNING": "green", "PENDING": "yellow", "FAILED": "red",
+                   "CANCELLED": "dim", "COMPLETED": "blue"}.get(job.state, "")
+    restarts = max(job.restart_count, p.restarts if p else 0)
+    return [Cell(job.job_id, _natural(job.job_id)), Cell(job.name), Cell(job.user),
             Cell(job.state, style=state_style), Cell(",".join(job.nodes) or job.reason),
             Cell(step, p.step if p else None),
             Cell(f"{p.loss:.4f}" if p and p.loss is not None else "", p.loss if p else None),
             Cell(sparkline(p.losses) if p else "", style="cyan"),
             Cell(f"{p.tokens_per_s:,.0f}" if p and p.tokens_per_s else "", p.tokens_per_s if p else None),
             Cell(duration(p.eta_s) if p and job.running else "", p.eta_s if p else None),
-            Cell(str(max(job.restart_count, p.restarts if p else 0)),
-                 max(job.restart_count, p.restarts if p else 0)),
+            Cell(str(restarts), restarts),
             Cell("" if not p or p.last_checkpoint is None else f"step {p.last_checkpoint}",
                  p.last_checkpoint if p else None)]
-    return rows
 
 
-def checkpoint_rows(view: ClusterView) -> Rows:
-    rows: Rows = {}
-    for c in view.checkpoints:
-        rows[f"{c.run_dir}#{c.step}"] = [
-            Cell(short_run(c.run_dir)), Cell(c.job_id, _natural(c.job_id)), Cell(str(c.step), c.step),
+def checkpoint_cells(item: tuple[CheckpointRow, float]) -> list[Cell]:
+    c, taken_at = item
+    return [Cell(short_run(c.run_dir)), Cell(c.job_id, _natural(c.job_id)), Cell(str(c.step), c.step),
             Cell(size(c.size_bytes), c.size_bytes),
             Cell("yes" if c.complete else "no (partial)", c.complete, style="" if c.complete else "yellow"),
-            Cell(duration(view.taken_at - c.mtime), view.taken_at - c.mtime),
+            Cell(duration(taken_at - c.mtime), taken_at - c.mtime),
             Cell("★ restart loads this" if c.restart_target else "", c.restart_target, style="bold green")]
-    return rows
+
+
+def event_cells(event: dict[str, Any]) -> list[Cell]:
+    kind = str(event.get("kind", ""))
+    return [Cell(clock(event.get("time")), float(event.get("time") or 0)),
+            Cell(str(event.get("node", "")), _natural(str(event.get("node", "")))),
+            Cell(kind, style={"action": "bold", "warning": "red", "finding": "yellow"}.get(kind, "")),
+            Cell(event_text(event))]
+
+
+def event_key(event: dict[str, Any]) -> str:
+    return f"{event.get('time')}|{event.get('node')}|{event.get('kind')}|{event_text(event)}"
+
+
+def checkpoint_key(c: CheckpointRow) -> str:
+    return f"{c.run_dir}#{c.step}"
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """Where a view's rows come from: the items of a ClusterView, each item's key, and
+    the cells one item shows."""
+
+    items: Callable[[ClusterView], Iterable[Any]]
+    key: Callable[[Any], str]
+    cells: Callable[[Any], list[Cell]]
+    shown: Callable[[Any], Any] = lambda item: item  # what of the item the row shows
+
+
+def node_shown(n: NodeHealth) -> tuple:
+    """A node's row shows these, not its agent's heartbeat time (which moves every save)."""
+    return (n.node, n.slurm_state, n.health, n.fence_class, n.agent_stale, n.accelerators_healthy,
+            n.accelerators_total, n.jobs, n.worst_finding, n.reason, n.reason_is_pitstop)
+
+
+ROW_SOURCES: dict[str, RowSource] = {
+    "nodes": RowSource(lambda view: view.nodes, lambda n: n.node, node_cells, node_shown),
+    "jobs": RowSource(lambda view: view.jobs, lambda j: j.job.job_id, job_cells),
+    "ckpt": RowSource(lambda view: [(c, view.taken_at) for c in view.checkpoints],
+                      lambda item: checkpoint_key(item[0]), checkpoint_cells),
+    "events": RowSource(lambda view: view.events, event_key, event_cells),
+}
+
+
+class RowMemo:
+    """One view's rows from the last refresh, by key, with the item each was built from.
+
+    The same item as last time (the wire decoder hands back the very object for a line
+    it has seen), or one that shows the same (a node whose agent only saved again), gives
+    back last time's cells, the very same list: an unchanged row is neither formatted
+    again nor compared cell by cell by the table."""
+
+    def __init__(self, source: RowSource) -> None:
+        self.source = source
+        self._built: dict[str, tuple[Any, Any, list[Cell]]] = {}  # key -> (item, shown, cells)
+        self.formatted = 0  # rows the last call had to format
+
+    def rows(self, view: ClusterView) -> Rows:
+        source, before, built, rows, formatted = self.source, self._built, {}, {}, 0
+        key_of, shown_of = source.key, source.shown
+        for item in source.items(view):
+            key = key_of(item)
+            last = before.get(key)
+            if last is not None and last[0] is item:
+                built[key] = last
+                rows[key] = last[2]
+                continue
+            shown = shown_of(item)
+            if last is not None and last[1] == shown:
+                cells = last[2]
+            else:
+                cells = source.cells(item)
+                formatted += 1
+                if last is not None and cells == last[2]:  # changed where the row does not show
+                    cells = last[2]
+            built[key] = (item, shown, cells)
+            rows[key] = cells
+        self._built, self.formatted = built, formatted
+        return rows
+
+
+def view_rows(name: str, view: ClusterView) -> Rows:
+    """The rows of view `name`, built afresh (the app keeps a RowMemo per view instead)."""
+    return RowMemo(ROW_SOURCES[name]).rows(view)
 
 
 def recipe_rows(recipes: list[dict[str, Any]]) -> Rows:
@@ -235,22 +301,6 @@ def recipe_rows(recipes: list[dict[str, Any]]) -> Rows:
         rows[r["name"]] = [Cell(r["name"]), Cell(r.get("task", "")), Cell(r.get("hardware", "")),
                            Cell(description, style="red" if r.get("error") else "")]
     return rows
-
-
-def event_rows(view: ClusterView) -> Rows:
-    rows: Rows = {}
-    for event in view.events:
-        key = f"{event.get('time')}|{event.get('node')}|{event.get('kind')}|{event_text(event)}"
-        kind = str(event.get("kind", ""))
-        rows[key] = [Cell(clock(event.get("time")), float(event.get("time") or 0)),
-                     Cell(str(event.get("node", "")), _natural(str(event.get("node", "")))),
-                     Cell(kind, style={"action": "bold", "warning": "red", "finding": "yellow"}.get(kind, "")),
-                     Cell(event_text(event))]
-    return rows
-
-
-ROW_BUILDERS: dict[str, Callable[[ClusterView], Rows]] = {
-    "nodes": node_rows, "jobs": job_rows, "ckpt": checkpoint_rows, "events": event_rows}
 
 
 def _natural(text: str) -> tuple:

@@ -1,63 +1,63 @@
 """The two widgets of the main screen: a view's table, diffed by key, and the prompt.
 
-`DataView.show(rows)` is the whole refresh on screen: rows that went are removed, rows
-that changed get only their changed cells updated, new rows are added; nothing is
-rebuilt, so the cursor and the scroll position survive every refresh.
+`DataView.show(rows)` is the whole refresh on screen: a row whose cells are the same
+list as last time (the views' RowMemo hands those back) costs one identity check; only
+changed, new and removed rows are looked at, the filter runs on those alone, and the
+order is worked out again only when a row came, went or changed. The table draws just
+the rows in view, so the cursor and the scroll position survive every refresh.
 """
 
 from __future__ import annotations
 
 from textual import on
 from textual.binding import Binding
-from textual.widgets import DataTable, Input
+from textual.widgets import Input
 
 from pitstop.tui import views as v
+from pitstop.tui.table import KeyedTable
 
 
-class DataView(DataTable):
+class DataView(KeyedTable):
     """One view's table: rows kept by key, a filter, and a sort column."""
 
     def __init__(self, spec: v.ViewSpec) -> None:
-        super().__init__(id=f"view-{spec.name}", cursor_type="row", zebra_stripes=True)
+        super().__init__(spec.columns, id=f"view-{spec.name}", zebra_stripes=True)
         self.spec = spec
-        self.signatures: dict[str, tuple] = {}
         self.all_rows: v.Rows = {}
+        self._passes: dict[str, bool] = {}
+        self.last_changed: list[str] = []  # keys whose cells changed in the last show()
         self.row_filter = v.RowFilter("", None, False)
         self.sort_column, self.sort_reverse = spec.default_sort or (None, False)
-        self.border_title = spec.title
+        self.border_title = self._title = spec.title
 
     def on_mount(self) -> None:
-        for key, header in self.spec.columns:
-            self.add_column(header, key=key)
         self._retitle()
 
     def show(self, rows: v.Rows) -> None:
-        """Make the table hold `rows` (those the filter passes): remove, update, add by key."""
-        self.all_rows = rows
-        visible = {key: cells for key, cells in rows.items() if self.row_filter.matches(cells)}
-        for key in [k for k in self.signatures if k not in visible]:
-            self.remove_row(key)
-            del self.signatures[key]
-        changed = False
-        for key, cells in visible.items():
-            signature = tuple(c.signature for c in cells)
-            old = self.signatures.get(key)
-            if old is None:
-                self.add_row(*(c.text() for c in cells), key=key)
-                changed = True
-            elif old != signature:
-                for (column, _), cell, before in zip(self.spec.columns, cells, old):
-                    if cell.signature != before:
-                        self.update_cell(key, column, cell.text())
-                changed = True
-            self.signatures[key] = signature
-        if self.sort_column and changed:
-            self._sort()
+        """Make the table hold `rows` (those the filter passes), looking only at what changed."""
+        before, passes = self.all_rows, self._passes
+        changed = [key for key, cells in rows.items() if before.get(key) is not cells]
+        gone = len(before) + sum(1 for key in changed if key not in before) - len(rows)
+        if gone:
+            for key in [k for k in passes if k not in rows]:
+                del passes[key]
+        for key in changed:
+            passes[key] = self.row_filter.matches(rows[key])
+        self.all_rows, self.last_changed = rows, changed
+        self.set_rows(rows, changed)
+        if changed or gone:
+            self._reorder(changed)
         self._retitle()
+
+    def shows(self, key: str) -> bool:
+        """Whether row `key` is in the table now (present and passing the filter)."""
+        return key in self._position
 
     def set_filter(self, row_filter: v.RowFilter) -> None:
         self.row_filter = row_filter
-        self.show(self.all_rows)
+        self._passes = {key: row_filter.matches(cells) for key, cells in self.all_rows.items()}
+        self._reorder()
+        self._retitle()
 
     def cycle_sort(self, reverse_only: bool = False) -> None:
         columns = [key for key, _ in self.spec.columns]
@@ -67,7 +67,7 @@ class DataView(DataTable):
         else:
             index = columns.index(self.sort_column) + 1 if self.sort_column in columns else 0
             self.sort_column, self.sort_reverse = columns[index % len(columns)], False
-        self._sort()
+        self._reorder()
         self._retitle()
 
     def sort_by(self, column: str) -> None:
@@ -75,15 +75,19 @@ class DataView(DataTable):
             self.sort_reverse = not self.sort_reverse
         else:
             self.sort_column, self.sort_reverse = column, False
-        self._sort()
+        self._reorder()
         self._retitle()
 
-    def _sort(self) -> None:
-        if self.sort_column and self.row_count:
-            self.sort(self.sort_column, key=lambda cell: cell.sort_value, reverse=self.sort_reverse)
+    def _reorder(self, changed: list[str] = ()) -> None:
+        rows, passes = self.all_rows, self._passes
+        order = [key for key in rows if passes.get(key, True)]
+        if self.sort_column:
+            index = [key for key, _ in self.spec.columns].index(self.sort_column)
+            order.sort(key=lambda key: rows[key][index].sort_value, reverse=self.sort_reverse)
+        self.set_order(order, changed)
 
     def _retitle(self) -> None:
-        shown, total = len(self.signatures), len(self.all_rows)
+        shown, total = self.row_count, len(self.all_rows)
         count = f"{shown}" if shown == total else f"{shown} of {total}"
         parts = [f"{self.spec.title} [{count}]"]
         if self.row_filter.text:
@@ -91,20 +95,14 @@ class DataView(DataTable):
         if self.sort_column:
             header = dict(self.spec.columns)[self.sort_column]
             parts.append(f"sort {header} {'↓' if self.sort_reverse else '↑'}")
-        self.border_title = " · ".join(parts)
+        title = " · ".join(parts)
+        if title != self._title:  # setting it repaints the whole table
+            self.border_title = self._title = title
 
-    def selected_key(self) -> str | None:
-        if not self.row_count:
-            return None
-        try:
-            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        except Exception:  # no row under the cursor
-            return None
-
-    @on(DataTable.HeaderSelected)
-    def _header(self, event: DataTable.HeaderSelected) -> None:
+    @on(KeyedTable.HeaderSelected)
+    def _header(self, event: KeyedTable.HeaderSelected) -> None:
         event.stop()
-        self.sort_by(event.column_key.value)
+        self.sort_by(event.key)
 
 
 class PromptInput(Input):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pitstop.tui.providers import LocalProvider, ProviderError
+from pitstop.tui.providers import LocalProvider, LocalStreamProvider, ProviderError
 from pitstop.waiting import wait_until
 from tui_runs import LOSSES, submit_sleeper, write_run
 
@@ -73,3 +73,26 @@ def test_a_bad_override_is_refused_before_anything_is_written(provider):
         provider.preview("llama3-tiny-seq256-cpu-pretrain", ["trainer.max_stepz=3"])
     preview = provider.preview("llama3-tiny-seq256-cpu-pretrain", ["trainer.max_steps=7"])
     assert "#SBATCH" in preview.script_text and "max_steps: 7" in preview.config_text
+
+
+def test_the_view_process_answers_like_the_local_provider_and_a_dead_one_is_replaced(testbed, slurm):
+    slurm.drain("node3", "pitstop: xid 48 gpu0 double-bit ECC error")
+    streamed = LocalStreamProvider(slurm=slurm, state_dir=testbed.layout.agent_root)
+    try:
+        view = streamed.fetch()
+        local = LocalProvider(slurm=slurm, state_dir=testbed.layout.agent_root).fetch()
+        assert [(n.node, n.slurm_state, n.reason) for n in view.nodes] == \
+            [(n.node, n.slurm_state, n.reason) for n in local.nodes]
+        # Once the cluster is still (jobs of earlier tests done), a refresh parses nothing.
+        wait_until(lambda: streamed.fetch() and streamed._decoder.parsed == 0, 30, what="a still cluster")
+        dead = streamed._child
+        dead.kill()
+        dead.wait()
+        fresh = streamed.fetch()
+        assert fresh.node("node3").reason == "pitstop: xid 48 gpu0 double-bit ECC error"
+        assert streamed._child.pid != dead.pid  # a new child, and a new decoder that parsed it all
+        assert streamed._decoder.parsed == len(fresh.nodes) + len(fresh.jobs) + len(fresh.checkpoints) \
+            + len(fresh.events)
+    finally:
+        streamed.close()
+    assert streamed._child is None

@@ -80,8 +80,9 @@ def test_drain_confirmation(snap_compare):
     assert snap_compare(app(), terminal_size=SIZE, run_before=session("down", "down", "d"))
 
 
-def test_node_detail(snap_compare):
-    assert snap_compare(app(), terminal_size=SIZE, run_before=session("down", "enter"))
+def test_node_detail_with_its_devices(snap_compare):
+    assert snap_compare(app(), terminal_size=(150, 40), run_before=session(
+        "down", "enter", until=lambda a: getattr(a.screen, "devices_loaded", False)))
 
 
 def test_job_detail_with_the_loss_sparkline(snap_compare):

@@ -7,16 +7,17 @@ import pytest
 from pitstop.testbed.sshd import HOST_ALIAS, ssh_paths
 from pitstop.tui.providers import LocalProvider, ProviderError, SshProvider, ssh_target
 from pitstop.waiting import wait_until
+from tui_fake import DEVICES, write_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh]
 
 
-def ssh_provider(testbed, known_hosts=None) -> SshProvider:
+def ssh_provider(testbed, known_hosts=None, state_dir=None) -> SshProvider:
     layout = testbed.layout
     paths = ssh_paths(layout)
     target = ssh_target(f"root@127.0.0.1:{layout.ssh_port}", key_file=str(paths["user_key"]),
                         known_hosts=str(known_hosts or paths["known_hosts"]))
-    return SshProvider(target, state_dir=str(layout.agent_root))
+    return SshProvider(target, state_dir=str(state_dir or layout.agent_root))
 
 
 def test_over_ssh_the_view_has_the_same_nodes_as_locally(testbed_ssh, slurm):
@@ -31,6 +32,22 @@ def test_over_ssh_the_view_has_the_same_nodes_as_locally(testbed_ssh, slurm):
         [(n.node, n.slurm_state, n.reason) for n in local.nodes]
     assert remote.node("node4").reason == "pitstop: ecc dbe gpu0"
     assert remote.source.startswith("ssh · root@127.0.0.1")
+
+
+def test_refreshes_over_ssh_share_one_far_side_process_and_follow_changes(testbed_ssh, slurm):
+    provider = ssh_provider(testbed_ssh)
+    try:
+        first = provider.fetch()
+        stream = provider._stream
+        slurm.drain("node1", "pitstop: xid 94 gpu0 contained ECC error")
+        second = provider.fetch()
+        assert provider._stream is stream and provider.connects == 1
+        assert "drain" not in first.node("node1").slurm_state
+        assert second.node("node1").reason == "pitstop: xid 94 gpu0 contained ECC error"
+        assert [n.node for n in second.nodes] == ["node1", "node2", "node3", "node4"]
+    finally:
+        provider.close()
+        slurm.resume("node1")
 
 
 def test_an_alias_of_the_ssh_config_resolves_like_openssh(testbed_ssh):
@@ -98,5 +115,16 @@ def test_recipes_are_listed_and_validated_on_the_login_node(testbed_ssh):
             provider.preview("llama3-tiny-seq256-cpu-pretrain", ["trainer.max_stepz=3"])
         preview = provider.preview("llama3-tiny-seq256-cpu-pretrain", ["trainer.max_steps=7"])
         assert "#SBATCH" in preview.script_text and "max_steps: 7" in preview.config_text
+    finally:
+        provider.close()
+
+
+def test_a_nodes_devices_come_over_ssh_as_its_state_file_has_them(testbed_ssh, tmp_path):
+    write_state(tmp_path / "node1" / "node1.json", "node1", DEVICES["node1"])
+    write_state(tmp_path / "node2.json", "node2")  # an older agent: no devices
+    provider = ssh_provider(testbed_ssh, state_dir=tmp_path)
+    try:
+        assert provider.devices("node1") == DEVICES["node1"]
+        assert provider.devices("node2") is None and provider.devices("node9") is None
     finally:
         provider.close()

@@ -8,6 +8,7 @@ a pending job, and the agents' events. The real-cluster paths are the pilot test
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from pitstop.health_view import NodeHealth
@@ -65,6 +66,45 @@ def recorded_view() -> ClusterView:
     ]
     return ClusterView(taken_at=T0, nodes=nodes, jobs=[JobRow(running, progress), JobRow(pending)],
                        checkpoints=checkpoints, events=events, source="recorded")
+
+
+def gpu(index: int, **changes: Any) -> dict[str, Any]:
+    """One GPU's readings as daemon.nvml.GpuReading.to_dict() writes them."""
+    reading = {"index": index, "uuid": f"GPU-{index:08x}", "name": "NVIDIA H100 80GB HBM3",
+               "pci_bus_id": f"00000000:{0x18 + index:02X}:00.0", "ecc_sbe_volatile": 0,
+               "ecc_dbe_volatile": 0, "ecc_sbe_aggregate": 2, "ecc_dbe_aggregate": 0,
+               "retired_pages_sbe": 0, "retired_pages_dbe": 0, "retired_pages_pending": False,
+               "row_remap_correctable": 0, "row_remap_uncorrectable": 0, "row_remap_pending": False,
+               "row_remap_failure": False, "throttle_reasons": 0, "temperature_c": 41, "power_w": 312.4,
+               "util_gpu_pct": 97, "util_mem_pct": 61, "memory_used_bytes": 61 * 2**30,
+               "memory_total_bytes": 80 * 2**30, "pcie_gen": 5, "pcie_gen_max": 5, "pcie_width": 16,
+               "pcie_width_max": 16, "nvlink_up": [True] * 18, "recovery_action": 0}
+    reading.update(changes)
+    return reading
+
+
+# telemetry["devices"] of each node's state file, in the shape daemon/health.py documents.
+DEVICES: dict[str, list[dict[str, Any]] | None] = {
+    "node1": [{"device": "gpu0", "kind": "gpu", "healthy": True, "finding": None, "readings": gpu(0)},
+              {"device": "gpu1", "kind": "gpu", "healthy": True,
+               "finding": "single-bit ECC errors rising", "readings": gpu(1, ecc_sbe_volatile=14)}],
+    "node2": [{"device": "gpu0", "kind": "gpu", "healthy": True, "finding": None,
+               "readings": gpu(0, pcie_gen=3, util_gpu_pct=0, memory_used_bytes=0, power_w=71.0)},
+              {"device": "gpu1", "kind": "gpu", "healthy": False, "finding": "GPU has fallen off the bus",
+               "readings": {"path": "/dev/nvidia1"}}],
+    "node3": None,  # an older agent: no devices in its state file
+}
+
+def write_state(path, node: str, devices: list[dict[str, Any]] | None = None,
+                updated_at: float = T0) -> None:
+    """A node's agent state file (daemon/health.py's shape), with `telemetry["devices"]`
+    when `devices` is given and without it (an older agent) when not."""
+    telemetry: dict[str, Any] = {"heartbeat_at": updated_at, "accelerators_total": 2}
+    if devices is not None:
+        telemetry["devices"] = devices
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": 1, "node": node, "health": "OK", "updated_at": updated_at,
+                                "open_findings": [], "actions": [], "telemetry": telemetry}))
 
 
 RECIPES = [
@@ -127,3 +167,6 @@ class RecordedProvider(Provider):
     def read_output(self, path: str, offset: int) -> tuple[str, int]:
         data = self.output.get(path, "").encode()
         return data[offset:].decode(), len(data)
+
+    def devices(self, node: str) -> list[dict[str, Any]] | None:
+        return copy.deepcopy(DEVICES.get(node))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from typing import Callable, TypeVar
@@ -24,9 +25,18 @@ async def wait_for(pilot, predicate: Callable[[], T], timeout: float = 20.0, wha
 def row_text(app, view: str, key: str) -> str | None:
     """What the row `key` of `view` shows, as one line of text; None when not on screen."""
     table = app.main.table(view)
-    if key not in table.signatures:
+    if not table.shows(key):
         return None
-    return "  ".join(str(getattr(cell, "plain", cell)) for cell in table.get_row(key))
+    return "  ".join(cell.plain for cell in table.get_row(key))
+
+
+def shown(renderable) -> str:
+    """A Rich renderable (a widget's content) as the plain text a terminal would show."""
+    from rich.console import Console
+
+    console = Console(width=220, record=True, color_system=None)
+    console.print(renderable)
+    return console.export_text()
 
 
 def message(app) -> str:
@@ -40,7 +50,7 @@ def status(app) -> str:
 async def select(pilot, view: str, key: str) -> None:
     """Move the cursor to row `key` with the arrow keys, as a person would."""
     table = pilot.app.main.table(view)
-    await wait_for(pilot, lambda: key in table.signatures, what=f"row {key} in {view}")
+    await wait_for(pilot, lambda: table.shows(key), what=f"row {key} in {view}")
     await pilot.press("home")
     for _ in range(table.row_count):
         if table.selected_key() == key:
@@ -62,3 +72,14 @@ def pilot_test(scenario):
         asyncio.run(scenario(*args, **kwargs))
 
     return run
+
+
+@contextlib.asynccontextmanager
+async def started(provider, size: tuple[int, int] = (140, 32)):
+    """The app on `provider` (no polling of its own), after its first refresh."""
+    from pitstop.tui.app import PitstopApp
+
+    app = PitstopApp(provider, interval=3600)
+    async with app.run_test(size=size) as pilot:
+        await wait_for(pilot, lambda: app.refreshes >= 1, what="the first refresh")
+        yield app, pilot
