@@ -31,6 +31,7 @@ from pitstop.tui.table import KeyedTable
 from pitstop.tui.widgets import DataView, PromptInput
 
 DEFAULT_INTERVAL_S = 2.0
+PLANS_WORDS = frozenset({"plans", "plan", "pl"})  # `:plans` opens the Plans screen
 CHANGING_ACTIONS = frozenset({"drain", "resume", "requeue", "cancel_job", "launch"})
 
 
@@ -181,9 +182,13 @@ class MainScreen(Screen[None]):
         if word in {"help", "h"}:
             self.action_help()
             return
+        if word in PLANS_WORDS:
+            self.app.push_screen(screens.PlansScreen())
+            self.say("")
+            return
         name = v.resolve_view(word)
         if name is None:
-            self.say(f"unknown view :{word} (nodes, jobs, ckpt, recipes, events)", error=True)
+            self.say(f"unknown view :{word} (nodes, jobs, ckpt, recipes, events, plans)", error=True)
             return
         self.switch_to(name)
         self.say("")

@@ -108,6 +108,11 @@ class Provider:
         detail opens, so the whole-cluster refresh stays small."""
         raise NotImplementedError
 
+    def plans(self, width: int) -> list[dict[str, Any]]:
+        """Every training plan's picture (`pitstop.plans.picture`): node-by-time lines of
+        `width` columns, its state and countdown. Asked for while the Plans view is open."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -203,6 +208,16 @@ class LocalProvider(Provider):
 
     def devices(self, node: str) -> list[dict[str, Any]] | None:
         return devices_of(node_state(self.state_dir, node))
+
+    def plans(self, width: int) -> list[dict[str, Any]]:
+        from pitstop.plans.picture import from_cluster
+        from pitstop.plans.store import PlanError, PlanStore
+        from pitstop.slurm import SlurmError
+
+        try:
+            return from_cluster(self.slurm, PlanStore(self.state_dir), width=width)
+        except (PlanError, SlurmError) as exc:
+            raise ProviderError(f"plans: {exc}") from None
 
     def read_output(self, path: str, offset: int) -> tuple[str, int]:
         try:
@@ -528,6 +543,9 @@ class SshProvider(Provider):
 
     def devices(self, node: str) -> list[dict[str, Any]] | None:
         return self._remote("devices", node)
+
+    def plans(self, width: int) -> list[dict[str, Any]]:
+        return self._remote("plans", "--width", str(width))
 
     def preview(self, recipe: str, overrides: list[str]) -> LaunchPreview:
         return LaunchPreview(**self._remote("preview", recipe, "--", *overrides))

@@ -104,6 +104,14 @@ def devices(provider: LocalProvider, node: str) -> None:
 
 
 @remote.command()
+@click.option("--width", type=int, default=72)
+@click.pass_obj
+def plans(provider: LocalProvider, width: int) -> None:
+    """Every training plan's picture (pitstop.plans.picture), drawn here as on the login node."""
+    _answer(provider.plans(width))
+
+
+@remote.command()
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj

@@ -361,3 +361,65 @@ def detail_text(fields: list[tuple[str, Any]], sections: list[tuple[str, list[st
         for line in lines or ["(none)"]:
             body.append(f"  {line}\n")
     return body
+
+
+class PlansScreen(Screen[None]):
+    """`:plans` — every training plan's node-by-time picture (`pitstop.plans.picture`):
+    running jobs to their projected end (=), reservations (#), the plan's segments (S), now
+    (|), and the countdown to the next pause or start; read again every refresh interval
+    from a thread worker."""
+
+    BINDINGS = [Binding("escape,q", "app.pop_screen", "Back", id="pitstop.back")]
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("Plans", style="bold reverse"), classes="screen-title")
+        with VerticalScroll(id="plans-scroll"):
+            yield Static(Text("reading the training plans…", style="dim"), id="plans-body")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._read_plans()
+        self.set_interval(max(1.0, self.app.interval), self._read_plans)
+
+    @work(thread=True, exclusive=True, group="plans", exit_on_error=False)
+    def _read_plans(self) -> None:
+        width = max(20, (self.size.width or 100) - 14)
+        try:
+            shown = plans_text(self.app.provider.plans(width))
+        except ProviderError as exc:
+            shown = Text(f"plans: {exc}", style="bold red")
+        except Exception as exc:  # a surprise: a line on screen, never a traceback
+            shown = Text(f"plans: {type(exc).__name__}: {exc}", style="bold red")
+        try:
+            self.app.call_from_thread(self._show, shown)
+        except Exception:  # the app closed under us
+            pass
+
+    def _show(self, shown: Text) -> None:
+        if self.is_attached:
+            self.query_one("#plans-body", Static).update(shown)
+
+
+PLAN_MARK_STYLES = {"=": "cyan", "#": "magenta", "S": "bold green", "|": "bold yellow"}
+
+
+def plans_text(pictures: list[dict[str, Any]]) -> Text:
+    """The pictures as one Text: per plan a heading (name, state, countdown), then its lines
+    with each mark coloured."""
+    if not pictures:
+        return Text("no training plans (`pitstop plans search`, then `plans book`)", style="dim")
+    text = Text()
+    for picture in pictures:
+        text.append(f"{picture['name']}", style="bold")
+        text.append(f"  {picture['label']}")
+        if picture.get("countdown"):
+            text.append(f"  · {picture['countdown']['text']}", style="bold yellow")
+        text.append("\n")
+        for line in picture["lines"]:
+            for char in line:
+                text.append(char, style=PLAN_MARK_STYLES.get(char, ""))
+            text.append("\n")
+        text.append("\n")
+    text.append("= running job (to its projected end)   # reservation   S the plan's segments   | now",
+                style="dim")
+    return text

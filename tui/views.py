@@ -88,7 +88,7 @@ def resolve_view(word: str) -> str | None:
 def command_words() -> list[str]:
     words = [s.name for s in VIEWS.values()]
     words += [a for s in VIEWS.values() for a in s.aliases if len(a) > 2]
-    return words + ["help", "quit"]
+    return words + ["plans", "help", "quit"]
 
 
 # --- formatting -------------------------------------------------------------------------

@@ -166,6 +166,39 @@ def _print_states(store: PlanStore, name: str | None, as_json: bool) -> None:
             click.echo(f"    failed: {row['failed']}")
 
 
+@plans.command("chart")
+@click.argument("name", required=False)
+@click.option("--width", type=click.IntRange(min=10, max=400), default=72, show_default=True,
+              help="Columns of the time axis.")
+@click.option("--json", "as_json", is_flag=True)
+@state_dir_option
+def chart_command(name: str | None, width: int, as_json: bool, state_dir: Path) -> None:
+    """Node by time: running jobs to their projected end (=), reservations (#), the plan's
+    segments (S), now (|), and the countdown to the next pause or start."""
+    from pitstop.plans.picture import from_cluster
+    from pitstop.slurm import Slurm, SlurmError
+
+    store = PlanStore(state_dir)
+    try:
+        if name is not None:
+            store.load(name)  # a clear error for a plan that does not exist
+        shown = [p for p in from_cluster(Slurm(), store, width=width) if name is None or p["name"] == name]
+    except (PlanError, SlurmError) as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _echo_json(shown)
+        return
+    if not shown:
+        click.echo("no plans", err=True)
+        return
+    for picture in shown:
+        countdown = f" · {picture['countdown']['text']}" if picture["countdown"] else ""
+        click.echo(f"{picture['name']}: {picture['label']}{countdown}")
+        for line in picture["lines"]:
+            click.echo(line)
+        click.echo("")
+
+
 @plans.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)

@@ -172,3 +172,41 @@ async def test_a_recipe_launched_from_the_recipes_view_runs_and_shows_progress_i
                              what="the job's progress in Jobs")
         assert RECIPE[:8] in row or "llama3" in row
         slurm.cancel(job_id)
+
+
+@pilot_test
+async def test_the_plans_screen_draws_a_booked_plan_with_its_countdown(testbed, slurm, tmp_path):
+    """`:plans` on a plan booked on the testbed: its state, the countdown to its start, the
+    reservation on its nodes and its segment on the plan row, read through the provider."""
+    import time
+
+    from pitstop.plans.book import book
+    from pitstop.plans.store import PlanStore
+    from pitstop.tui.screens import PlansScreen
+
+    start = time.time() + 600
+    plan = book(slurm, PlanStore(testbed.layout.agent_root), "tuiplan",
+                {"segments": [{"start": start, "end": start + 600, "nodes": 2}]})
+    try:
+        app = make_app(testbed, slurm)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: row_text(app, "nodes", "node1"), what="the first refresh")
+            await pilot.press("colon")
+            for char in "plans":
+                await pilot.press(char)
+            await pilot.press("enter")
+            screen = await wait_for(pilot, lambda: isinstance(app.screen, PlansScreen) and app.screen,
+                                    what="the Plans screen")
+            body = await wait_for(pilot, lambda: "tuiplan" in (t := str(screen.query_one("#plans-body").render()))
+                                  and t, what="the plan drawn")
+            assert "Scheduled" in body and "start of segment 1 in" in body
+            lines = body.splitlines()
+            reserved = [line for line in lines if line.startswith("node") and "#" in line]
+            assert len(reserved) == 2  # NodeCnt=2: Slurm picked two nodes for the reservation
+            assert any(line.startswith("plan") and "S" in line for line in lines)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, PlansScreen), what="back to the views")
+    finally:
+        for segment in plan.segments:
+            slurm.delete_reservation(segment.reservation)
+        PlanStore(testbed.layout.agent_root).path("tuiplan").unlink(missing_ok=True)
