@@ -44,9 +44,38 @@ class NodeHealth:
         return asdict(self)
 
 
+# path -> ((inode, mtime_ns, size), parsed): a long-lived reader (the TUI's child process,
+# the SSH far side) parses only the files that changed since its last refresh.
+_PARSED: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+
+
+def _read_state_file(path: Path) -> Any:
+    """The parsed file, from the cache while its inode, mtime and size are unchanged (the
+    agent replaces the file atomically, so a new version has a new inode). Shared: do not
+    mutate what it returns."""
+    try:
+        st = path.stat()
+    except OSError:
+        _PARSED.pop(path, None)
+        return None
+    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _PARSED.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        _PARSED.pop(path, None)
+        return None
+    _PARSED[path] = (stamp, data)
+    return data
+
+
 def load_states(state_dir: Path | str) -> dict[str, dict[str, Any]]:
     """Every node state file under `state_dir` (`<node>.json` or `<node>/<node>.json`);
-    a file that cannot be read is skipped, not fatal: the view shows that node as UNKNOWN."""
+    a file that cannot be read is skipped, not fatal: the view shows that node as UNKNOWN.
+    The dicts returned are shared with the next call's (unchanged files are not parsed
+    again): read them, do not change them."""
     root = Path(state_dir)
     states: dict[str, dict[str, Any]] = {}
     candidates = list(root.glob("*.json")) + list(root.glob("*/*.json"))
@@ -54,9 +83,8 @@ def load_states(state_dir: Path | str) -> dict[str, dict[str, Any]]:
         node = path.stem
         if path.parent != root and path.parent.name != node:
             continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = _read_state_file(path)
+        if data is None:
             continue
         if isinstance(data, dict) and data.get("node") == node:
             previous = states.get(node)

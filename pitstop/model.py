@@ -7,6 +7,8 @@ so the agent, the hooks, the TUI and `pitstop status` can each be run alone.
 
 from __future__ import annotations
 
+import functools
+
 import enum
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -243,5 +245,10 @@ def _split_top(text: str) -> list[str]:
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
+    names = _field_names(cls)
     return {k: v for k, v in data.items() if k in names}
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
