@@ -21,8 +21,8 @@ from pitstop.testbed.config import free_port_block
 pytestmark = pytest.mark.slurm
 
 RECIPE = "llama3-tiny-seq256-cpu-pretrain"
-MAX_STEPS = 160
-# Tiny and slowed down (0.7 s a step) so the first segment ends mid-run.
+MAX_STEPS = 150
+# Tiny and slowed down (0.6 s a step) so the first segment ends mid-run.
 TINY = ["cluster.nodes=2", f"trainer.max_steps={MAX_STEPS}", "trainer.checkpoint.interval=10",
         "model.dim=64", "model.n_layers=2", "model.ffn_dim=172", "model.n_heads=4",
         "model.n_kv_heads=2", "data.seq_len=64", "model.max_seq_len=64", "data.micro_batch_size=4",
@@ -46,9 +46,11 @@ def test_a_run_carried_across_two_segments_resumes_with_the_uninterrupted_losses
     jobs_dir = testbed.layout.jobs_dir
     port = free_port_block(2)  # two runs at once on one host: two rendezvous ports
     now = time.time()
-    # Slurm may send the time limit's USR1 up to a minute early, so the first segment stops
-    # somewhere in its last minute and a half; the second is long enough to finish the run.
-    segments = [{"start": now, "end": now + 180, "nodes": 2}, {"start": now + 210, "end": now + 510, "nodes": 2}]
+    # The first segment's job gets a 2-minute limit (what is left of the 165 s at submission,
+    # less the 20 s grace, in whole minutes); Slurm may send the limit's USR1 up to half a
+    # minute early, so it stops 90-120 s in, mid-run; the second segment, 10 s later, is long
+    # enough to finish the run.
+    segments = [{"start": now, "end": now + 165, "nodes": 2}, {"start": now + 175, "end": now + 475, "nodes": 2}]
     book(slurm, PlanStore(plans_cli.state_dir), "carry", {"segments": segments})
 
     # The uninterrupted run, at full speed, on the two nodes the plan does not hold.
@@ -60,19 +62,19 @@ def test_a_run_carried_across_two_segments_resumes_with_the_uninterrupted_losses
     baseline = json.loads(baseline_proc.stdout)
 
     run_dir = jobs_dir / "plan-carry"
-    plan = plans_cli.json("attach", "carry", RECIPE, *TINY, "trainer.step_delay=0.7",
-                          f"cluster.rdzv_port={port + 1}", "--run-dir", str(run_dir), "--grace", "40s")
+    plan = plans_cli.json("attach", "carry", RECIPE, *TINY, "trainer.step_delay=0.6",
+                          f"cluster.rdzv_port={port + 1}", "--run-dir", str(run_dir), "--grace", "20s")
     first, second = (s["job_id"] for s in plan["segments"])
     assert first and second and plan["run"]["run_dir"] == str(run_dir)
     assert plans_cli.json("status", "carry")["label"] == "Active (segment 1)"
 
-    job1 = _finished(slurm, first, 200)
+    job1 = _finished(slurm, first, 160)
     assert job1.state == "COMPLETED" and job1.restart_count == 0, job1
-    assert job1.end_time < segments[0]["end"] - 20
+    assert job1.end_time < segments[0]["end"] - 10
     log1 = (run_dir / f"slurm-{first}.out").read_text()
     assert "at the end of a training plan's segment; not requeueing" in log1
 
-    job2 = _finished(slurm, second, 480)
+    job2 = _finished(slurm, second, 420)
     assert job2.state == "COMPLETED", (run_dir / f"slurm-{second}.out").read_text()[-3000:]
     assert job2.start_time >= segments[1]["start"] - 1 and job2.end_time < segments[1]["end"] - 20
 
