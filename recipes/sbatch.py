@@ -9,7 +9,9 @@ names Slurm commands. What it guarantees:
   says why and exits non-zero instead of looping on a run that cannot succeed;
 - `--signal=B:USR1@N` warns the batch shell N seconds before the time limit; the shell
   forwards USR1 (and TERM) to the srun step, torchrun forwards it to every rank, the ranks
-  agree on a last checkpoint and exit, and after a USR1 the shell requeues the job.
+  agree on a last checkpoint and exit, and after a USR1 the shell requeues the job
+  (except at the end of a training plan's segment, `PITSTOP_SEGMENT_END` set: the
+  next segment's job resumes instead).
   After a TERM (scancel, preemption, the agent's own requeue) it only forwards: whoever
   sent TERM decides whether the job comes back;
 - `torchrun` is the one beside the launcher's Python, so the nodes run the same venv;
@@ -146,6 +148,10 @@ class SbatchScript:
         srun = " \\\n    ".join(" ".join(line) for line in self.srun_command())
         if self.requeue:
             after_usr1 = """\
+if [[ "$caught_signal" == USR1 && -n "${PITSTOP_SEGMENT_END:-}" ]]; then
+    echo "pitstop: the step ended (status $step_status) after SIGUSR1 at the end of a training plan's segment; not requeueing: the next segment's job resumes from the newest checkpoint" >&2
+    exit 0
+fi
 if [[ "$caught_signal" == USR1 ]]; then
     echo "pitstop: the step ended (status $step_status) after SIGUSR1; requeueing job $SLURM_JOB_ID to resume from its newest checkpoint" >&2
     if scontrol requeue "$SLURM_JOB_ID"; then

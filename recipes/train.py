@@ -38,11 +38,41 @@ EXIT_SAVE_FAILED = 3
 log = logging.getLogger("pitstop.recipes.train")
 
 
+class StartupClock:
+    """Where a start's seconds go before its first step (process launch, imports, process
+    group, model, data, checkpoint load), logged once so a restart's cost can be split."""
+
+    def __init__(self) -> None:
+        self.last = _process_started_at()
+        self.phases: list[tuple[str, float]] = []
+
+    def mark(self, phase: str) -> float:
+        now = time.time()
+        self.phases.append((phase, max(0.0, now - self.last)))
+        self.last = now
+        return self.phases[-1][1]
+
+    def describe(self) -> str:
+        total = sum(seconds for _, seconds in self.phases)
+        return f"start-up {total:.2f} s: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.phases)
+
+
+def _process_started_at() -> float:
+    """This process's start (wall clock), so the interpreter's own start-up is counted."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # no psutil, or /proc unreadable: count from here
+        return time.time()
+
+
 class StopRequest:
     """Set from a signal handler; read at step boundaries."""
 
     def __init__(self):
         self.signal_name: str | None = None
+        self.honoured = False  # the ranks agreed to stop and saved: exit without teardown
 
     def install(self) -> None:
         for signum in (signal.SIGUSR1, signal.SIGTERM):
@@ -181,18 +211,24 @@ def token_dir(cfg: dict, run_dir: Path, world: Distributed) -> Path:
     return data.stdlib_corpus(cache)
 
 
-def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest) -> int:
+def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest,
+          clock: StartupClock | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
     from pitstop.recipes import data
     from pitstop.recipes.checkpoint import Checkpointer, capture_rng, restore_rng
     from pitstop.recipes.progress import ProgressWriter
+    from pitstop.recipes.segment import SegmentEnd, stop_wanted
 
+    segment = SegmentEnd.from_env()  # a training plan's segment end, when in one
     trainer, data_cfg = cfg["trainer"], cfg["data"]
     seed_everything(trainer["seed"])
+    clock = clock or StartupClock()
+    clock.mark("runtime imports")  # checkpointing (torch.distributed.checkpoint) is most of it
     model, optimizer, scheduler, trainable = build(cfg, world)
     seed_everything(trainer["seed"] + 1 + world.rank)
+    clock.mark("model")
 
     windows = data.TokenWindows(token_dir(cfg, run_dir, world), data_cfg["seq_len"])
     if windows.vocab_size > cfg["model"]["vocab_size"]:
@@ -206,7 +242,9 @@ def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest) -> in
                                 frozen_params_ignored=cfg["task"] == "lora", background_staging=True)
     checkpointer.remove_incomplete()
     step = 0
+    clock.mark("data")
     resumed = checkpointer.load_latest(model, optimizer)
+    clock.mark("checkpoint load")
     if resumed is not None:
         step = resumed["step"]
         sampler.load_state_dict(resumed["sampler"])
@@ -224,11 +262,14 @@ def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest) -> in
     grad_clip = cfg["optimizer"]["grad_clip"] or math.inf
     tokens_per_step = world.world_size * data_cfg["micro_batch_size"] * data_cfg["seq_len"]
     vocab = cfg["model"]["vocab_size"]
-    log.info("training from step %d to %d on %d rank(s)", step, trainer["max_steps"], world.world_size)
+    log.info("training from step %d to %d on %d rank(s); %s", step, trainer["max_steps"], world.world_size,
+             clock.describe())
     stopped_by = None
     while step < trainer["max_steps"]:
-        if world.any_rank(stop.signal_name is not None):
-            stopped_by = stop.signal_name or "a signal on another rank"
+        wanted = stop_wanted(stop.signal_name, segment)
+        if world.any_rank(wanted is not None):
+            stopped_by = wanted or "a stop on another rank"
+            stop.honoured = True
             break
         started = time.monotonic()
         inputs, targets = data.batch(windows, sampler.next_indices())
@@ -286,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = StopRequest()
     stop.install()
+    clock = StartupClock()
     try:
         cfg = load(args.run_dir)
         if cfg["trainer"]["accelerator"] == "gpu":
@@ -299,14 +341,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pitstop.recipes.train: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
+    import torch  # noqa: F401  (imported here so its cost shows as its own phase)
+
+    clock.mark("python and imports")
     world = Distributed(cfg["trainer"]["accelerator"])
+    clock.mark("process group")
     try:
-        code = train(cfg, args.run_dir, world, stop)
+        code = train(cfg, args.run_dir, world, stop, clock)
     except Exception:
         traceback.print_exc()
         sys.stderr.flush()
         # A background save may be stuck on a dead peer: do not wait for it at exit.
         os._exit(EXIT_ERROR)
+    if stop.honoured:
+        # Whoever asked for the stop (torchrun, the batch script, Slurm's KillWait) waits
+        # on this exit and the checkpoint is complete: skip the process-group and
+        # interpreter teardown, which takes seconds once the peers are going too.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     world.close()
     return code
 
