@@ -12,6 +12,9 @@ for the same N·r_f (faults per second over the job's nodes), restart cost u0 (a
 the first step after it), checkpoint interval Δt (seconds) and checkpoint blocking time w,
 then the same formula with the measured u0 and w at 16,384 GPUs (2,048 nodes of 8) and
 Meta's 6.5 failures per 1,000 node-days, at this Δt and at the best Δt = sqrt(2w / N·r_f).
+It also splits a restart (median over the campaign's restarts) into its phases: detection,
+the agent's actions, the old job stopping, the requeued job pending (Slurm holds it for
+AuthInfo's cred_expire), srun and torchrun, and the runtime's own start-up phases.
 
     .venv/bin/python bench/goodput.py [--minutes 10] [--every 60]
 """
@@ -25,6 +28,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from pitstop.demo.runner import Demo, DemoOptions
@@ -32,6 +36,60 @@ from pitstop.demo.runner import Demo, DemoOptions
 
 def meta_ettr(n_rf: float, u0: float, dt: float, w: float) -> float:
     return (1 - n_rf * (u0 + dt / 2)) / (1 + w / dt)
+
+
+def start_lines(run_dir: Path) -> list[dict[str, float]]:
+    """Each start's phases in seconds, in order, from the runtime's own start line
+    (`training from step N …; start-up T s: python and imports A s, …`)."""
+    starts = []
+    for out in sorted(run_dir.glob("slurm-*.out")):
+        for line in out.read_text(errors="replace").splitlines():
+            if "training from step" in line and "start-up" in line:
+                phases = line.split("start-up", 1)[1].split(":", 1)[1]
+                starts.append({name.strip(): float(seconds) for name, seconds in
+                               re.findall(r"([a-z ]+?) ([0-9.]+) s", phases)})
+    return starts
+
+
+def requeued_at(slurmctld_log: Path, job_id: str) -> list[float]:
+    """When slurmctld put the job back in the queue (its old allocation released)."""
+    times = []
+    for line in slurmctld_log.read_text(errors="replace").splitlines():
+        if f"Requeuing JobId={job_id}" in line:
+            stamp = line[1:line.index("]")]
+            times.append(datetime.fromisoformat(stamp).timestamp())
+    return times
+
+
+def restart_phases(demo: Demo) -> dict[str, list[float]]:
+    """Where each restart's seconds went, from the fault to the first step after it."""
+    phases: dict[str, list[float]] = {}
+
+    def add(name: str, seconds: float) -> None:
+        phases.setdefault(name, []).append(max(0.0, seconds))
+
+    starts = start_lines(demo.run_dir)
+    released = requeued_at(demo.testbed.layout.log_dir / "slurmctld.log", demo.job_id)
+    by_number = {a.number: a for a in demo.attempts}
+    for attempt in demo.attempts:
+        before = by_number.get(attempt.number - 1)
+        first = min((s.ended_at - s.step_time for s in demo.steps if s.attempt == attempt.number), default=None)
+        fault = next((f for f in reversed(demo.faults) if before and before.requeued_at
+                      and f.at <= before.requeued_at), None)
+        if not attempt.number or before is None or fault is None or first is None or not attempt.started_at:
+            continue
+        gone = next((t for t in released if t >= before.requeued_at - 1), None)
+        if fault.detected_at is not None:
+            add("detect", fault.detected_at - fault.at)
+            add("agent acts (to the requeue)", before.requeued_at - fault.detected_at)
+        if gone is not None:
+            add("old job stops", gone - before.requeued_at)
+            add("pending", attempt.started_at - gone)
+        start = starts[attempt.number] if attempt.number < len(starts) else {}
+        add("launch (srun, torchrun)", first - attempt.started_at - sum(start.values()))
+        for name, seconds in start.items():
+            add(name, seconds)
+    return phases
 
 
 def blocking_seconds(run_dir: Path) -> list[float]:
@@ -79,6 +137,12 @@ def main() -> int:
     print(f"  measured ETTR          {summary.ettr:.3f}  (target >= 0.85)")
     for cause, seconds in summary.lost_s.items():
         print(f"    lost to {cause:<16} {seconds:7.1f}s  ({seconds / wall:.1%} of wall)")
+    phases = restart_phases(demo)
+    if phases:
+        print(f"  a restart's time, median over {max(len(v) for v in phases.values())} restarts "
+              f"(fault to the first step after it):")
+        for name, values in phases.items():
+            print(f"    {name:<28} {statistics.median(values):6.2f}s")
     print(f"  inputs                 u0 = {u0:.1f}s (fault to the next step), Δt = {dt:.1f}s "
           f"({args.interval} steps of {step_time:.2f}s), w = {w:.3f}s (median save blocking)")
     print(f"  Meta's model, same N·r_f   E[ETTR] = {meta_ettr(n_rf, u0, dt, w):.3f}")

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +35,21 @@ from pitstop.testbed.config import free_port_block
 RECIPE = "llama3-tiny-seq256-cpu-pretrain"
 FAULT_KINDS = ["xid79", "xid48", "nccl", "stall", "slurmd"]
 AGENT_ARGS = ["--stall-floor", "15", "--stall-k", "6"]
+# An agent stamps a decision with the start of the tick that read the line, which under
+# load can be a little before the fault was stamped here (the testbed runs --interval 2).
+TICK_S = 2.5
+MISSED_AFTER_S = 120.0
 
 
 class DemoError(RuntimeError):
     pass
+
+
+def default_procs_per_node(job_nodes: int = 2) -> int:
+    """Ranks per node so the job's ranks fit this machine's cores (the testbed's nodes all
+    share them): one rank per core, at most the recipe's two. More ranks than cores only
+    make every start import torch in turn, which a restart then pays again."""
+    return max(1, min(2, (os.cpu_count() or 1) // job_nodes))
 
 
 @dataclass
@@ -52,6 +65,8 @@ class DemoOptions:
     timeout_s: float = 1800.0
     keep: bool = False
     duration_s: float | None = None  # end the measurement after this long (the job is cancelled)
+    kinds: list[str] = field(default_factory=lambda: list(FAULT_KINDS))  # a campaign's faults, in turn
+    procs_per_node: int = field(default_factory=lambda: default_procs_per_node())
 
 
 class Demo:
@@ -71,9 +86,11 @@ class Demo:
         self._stopped_slurmd: str | None = None
         self._restart_at_stop = 0
         self._stopped_ranks: list[int] = []
+        self._rebooted: set[str] = set()  # nodes the agent rebooted: it returns them itself
         self.job_id = ""
         self.run_dir = Path()
         self.slurm: Slurm | None = None
+        self.cancelled = threading.Event()  # set from another thread (the TUI closing) to stop
 
     def say(self, text: str) -> None:
         self.say_raw(f"[{time.time() - self.t0:7.1f}s] {text}")
@@ -81,6 +98,11 @@ class Demo:
     # --- the story ----------------------------------------------------------------------
 
     def run(self) -> Summary:
+        self.start()
+        return self.story()
+
+    def start(self) -> None:
+        """The stage: the testbed and an agent on every node, ready."""
         opts = self.options
         layout = self.testbed.up(nodes=opts.nodes, gpus_per_node=opts.gpus_per_node, agents=True,
                                  agent_args=AGENT_ARGS, timeout=60)
@@ -88,6 +110,9 @@ class Demo:
         self.say(f"testbed up: {layout.nodes} nodes ({', '.join(layout.node_names)}), "
                  f"{layout.gpus_per_node} GPUs each, an agent on every node ({layout.dir})")
         self._wait_agents()
+
+    def story(self) -> Summary:
+        """The run, its faults and its recovery, watched to the end; the summary."""
         self._launch()
         summary = self._watch()
         write_json_atomic(self.options.directory / "demo-summary.json",
@@ -103,12 +128,19 @@ class Demo:
             if all((layout.agent_state_dir(n) / f"{n}.json").exists() for n in layout.node_names):
                 return
             time.sleep(0.2)
-        raise DemoError("the agents did not start; see the agent logs in " + str(layout.log_dir))
+        last_lines = []
+        for node in layout.node_names:
+            log = layout.log_dir / f"agent-{node}.log"
+            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+            if lines:
+                last_lines.append(f"  {log}: {lines[-1]}")
+        raise DemoError("the agents did not start; see the agent logs in " + str(layout.log_dir)
+                        + ("\n" + "\n".join(last_lines) if last_lines else ""))
 
     def _launch(self) -> None:
         layout = self.testbed.layout
         args = [sys.executable, "-m", "pitstop", "recipes", "launch", RECIPE, "cluster.nodes=2",
-                f"trainer.max_steps={self.options.steps}", f"run.root={layout.jobs_dir / 'runs'}",
+                f"cluster.procs_per_node={self.options.procs_per_node}", f"trainer.max_steps={self.options.steps}", f"run.root={layout.jobs_dir / 'runs'}",
                 f"cluster.rdzv_port={free_port_block(1)}", *self.options.overrides, "--json"]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=120,
                               env={**os.environ, **layout.env()}, cwd=layout.jobs_dir)
@@ -116,7 +148,8 @@ class Demo:
             raise DemoError(f"launching {RECIPE} failed:\n{proc.stderr.strip()}")
         result = json.loads(proc.stdout)
         self.job_id, self.run_dir = result["job_id"], Path(result["run_dir"])
-        self.say(f"launched {RECIPE} on 2 nodes as job {self.job_id}; run dir {self.run_dir}")
+        self.say(f"launched {RECIPE} on 2 nodes, {self.options.procs_per_node} rank(s) each, as job "
+                 f"{self.job_id}; run dir {self.run_dir}")
 
     # --- watching -----------------------------------------------------------------------
 
@@ -127,6 +160,8 @@ class Demo:
         last_state = ""
         next_fault_at: float | None = None
         while time.time() < deadline:
+            if self.cancelled.is_set():
+                raise DemoError("the demo was stopped before the run ended")
             now = time.time()
             job = self._job()
             if job is None:
@@ -157,7 +192,7 @@ class Demo:
                         self._inject(job, 0)
                         next_fault_at = time.time() + self.options.every_s
                 elif next_fault_at is not None and now >= next_fault_at and not self._fault_open() \
-                        and self._steps_in_attempt(job.restart_count) >= 3:
+                        and self._trains_again(job.restart_count):
                     self._inject(job, len(self.faults))
                     next_fault_at = time.time() + self.options.every_s
             time.sleep(0.25)
@@ -193,9 +228,13 @@ class Demo:
             attempt.started_at = started if previous is None or started >= previous else now
             attempt.nodes = list(job.nodes)
 
-    def _steps_in_attempt(self, attempt: int) -> int:
-        """A campaign's next fault waits until the run trains again after the last one."""
-        return sum(1 for s in self.steps if s.attempt == attempt)
+    def _trains_again(self, attempt: int) -> bool:
+        """A campaign's next fault waits until the run trains again after the last one: a
+        few steps in an attempt that Slurm started after that fault."""
+        current = next((a for a in self.attempts if a.number == attempt), None)
+        if current is None or current.started_at is None or (self.faults and current.started_at < self.faults[-1].at):
+            return False
+        return sum(1 for s in self.steps if s.attempt == attempt) >= 3
 
     def _latest_step(self) -> int:
         return max((s.step for s in self.steps), default=0)
@@ -218,7 +257,11 @@ class Demo:
                 self.say(f"step {seen.step} loss {seen.loss:.4f} ({record.get('tokens_per_s', 0):.0f} tokens/s)")
 
     def _read_checkpoints(self) -> None:
-        for ckpt in list_checkpoints(self.run_dir):
+        try:
+            checkpoints = list_checkpoints(self.run_dir)
+        except FileNotFoundError:  # one pruned while it was listed: the next poll sees the rest
+            checkpoints = []
+        for ckpt in checkpoints:
             if ckpt.complete and ckpt.step not in self._checkpoints:
                 self._checkpoints.add(ckpt.step)
                 self.say(f"checkpoint step {ckpt.step} complete ({ckpt.size_bytes / 1e6:.1f} MB)")
@@ -226,10 +269,11 @@ class Demo:
         if out.exists():
             for attempt in self.attempts:
                 if attempt.number and not attempt.resumed_from:
-                    step = _resumed_step(out, attempt.number)
+                    step, load_s = _resumed_step(out, attempt.number)
                     if step:
-                        attempt.resumed_from = step
-                        self.say(f"restart {attempt.number} resumed from checkpoint step {step}")
+                        attempt.resumed_from, attempt.load_s = step, load_s
+                        self.say(f"restart {attempt.number} resumed from checkpoint step {step} "
+                                 f"(loaded in {load_s:.1f}s)")
 
     def _read_agent_events(self) -> None:
         layout = self.testbed.layout
@@ -260,6 +304,8 @@ class Demo:
                      + (" (already handled)" if event.get("duplicate") else ""))
             self._detected(node, finding.get("signal", ""), float(event.get("time", time.time())), "agent")
         elif kind == "action":
+            if event.get("action") == "reboot" and event.get("ok", True):
+                self._rebooted.add(node)
             detail = event.get("reason") or event.get("detail") or ""
             job = f" job {event['job_id']}" if event.get("job_id") else ""
             status = "" if event.get("ok", True) else " (not done)"
@@ -268,11 +314,15 @@ class Demo:
     def _detected(self, node: str, signal_name: str, at: float, by: str) -> None:
         expected = {"xid79": {"xid", "gpu_fallen_off_bus"}, "xid48": {"xid"}, "nccl": {"collective_timeout"},
                     "stall": {"step_stall", "collective_timeout"}, "slurmd": {"node_down"}}
-        for fault in self.faults:
-            if fault.detected_at is None and at >= fault.at - 0.01 and signal_name in expected[fault.kind] \
-                    and (fault.node == node or fault.kind in {"nccl", "stall"}):
+        # A finding belongs to the latest matching fault injected before it; of the agents
+        # that noticed one fault (a timeout shows on every rank), the earliest counts.
+        matching = [f for f in self.faults if at >= f.at - TICK_S and signal_name in expected[f.kind]
+                    and (f.node == node or f.kind in {"nccl", "stall"})]
+        if matching:
+            fault = max(matching, key=lambda f: f.at)
+            at = max(at, fault.at)  # noticed no earlier than it happened
+            if fault.detected_at is None or at < fault.detected_at:
                 fault.detected_at, fault.detected_by = at, by
-                return
 
     def _read_nodes(self, job) -> None:
         assert self.slurm is not None
@@ -291,7 +341,8 @@ class Demo:
 
     def _repair(self, job) -> None:
         """Play the operator: a drained or failed node is replaced once the job runs
-        elsewhere, a stopped slurmd is started again once Slurm has moved the job."""
+        elsewhere, a stopped slurmd is started again once Slurm has moved the job. A node
+        the agent rebooted is left to the agent, which returns it after its checks pass."""
         assert self.slurm is not None
         if self._stopped_slurmd and (job.restart_count > self._restart_at_stop or job.finished):
             self.testbed.inject(self._stopped_slurmd, "slurmd-start")
@@ -300,18 +351,23 @@ class Demo:
         if not job.running:
             return
         for node in self.slurm.nodes():
-            if node.fenced_by_pitstop and (node.drained or node.failed) and node.name not in job.nodes \
-                    and not {"REBOOT_ISSUED", "REBOOT_REQUESTED"} & set(node.flags):
+            if not node.fenced_by_pitstop:
+                self._rebooted.discard(node.name)  # back in service: a later fault starts afresh
+            elif (node.drained or node.failed) and node.name not in job.nodes \
+                    and node.name not in self._rebooted:
                 self.slurm.resume(node.name)
                 self.say(f"{node.name} replaced with a healthy node (resumed by the operator)")
 
     def _fault_open(self) -> bool:
-        return any(f.detected_at is None for f in self.faults) or self._stopped_slurmd is not None
+        """A fault not yet noticed holds the next one back, for up to MISSED_AFTER_S: after
+        that it counts as missed (the summary says so) and the campaign goes on."""
+        waiting = [f for f in self.faults if f.detected_at is None and time.time() - f.at < MISSED_AFTER_S]
+        return bool(waiting) or self._stopped_slurmd is not None
 
     # --- faults -------------------------------------------------------------------------
 
     def _inject(self, job, index: int) -> None:
-        kind = "xid79" if self.options.faults == 1 else FAULT_KINDS[index % len(FAULT_KINDS)]
+        kind = self.options.kinds[index % len(self.options.kinds)]
         target = job.nodes[-1]
         now = time.time()
         if kind == "xid79":
@@ -358,16 +414,17 @@ def _rank_pids(run_dir: Path) -> list[int]:
     return sorted(pids)
 
 
-def _resumed_step(out: Path, attempt: int) -> int:
-    """The checkpoint step restart `attempt` loaded, from the runtime's own log line."""
+def _resumed_step(out: Path, attempt: int) -> tuple[int, float]:
+    """The checkpoint step restart `attempt` loaded and the seconds the load took, from
+    the runtime's own start line (`training from step N …, checkpoint load S s`)."""
     try:
         text = out.read_text(errors="replace")
     except OSError:
-        return 0
+        return 0, 0.0
     starts = [line for line in text.splitlines() if "training from step" in line]
-    if len(starts) > attempt:
-        try:
-            return int(starts[attempt].split("training from step", 1)[1].split()[0])
-        except (IndexError, ValueError):
-            return 0
-    return 0
+    if len(starts) <= attempt:
+        return 0, 0.0
+    line = starts[attempt]
+    match = re.search(r"training from step (\d+)", line)
+    load = re.search(r"checkpoint load ([0-9.]+) s", line)
+    return (int(match.group(1)) if match else 0), (float(load.group(1)) if load else 0.0)

@@ -4,11 +4,14 @@ The demo's watcher records every step it sees (with the attempt that ran it, sin
 resumed run rewrites its progress file from the checkpoint on), every fault it injected,
 and what the agents and Slurm did. From those alone this module computes the summary:
 faults detected, nodes fenced, time to detect and to resume, steps redone, and ETTR —
-productive training time over wall time — with the time lost split by cause.
+productive training time over wall time — with the time lost split by cause. The split
+is a partition: every second of the wall time is productive or exactly one cause, so the
+causes add up to wall − productive and none is counted twice.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,6 +44,7 @@ class Attempt:
     started_at: float | None = None  # Slurm's start time of this attempt
     requeued_at: float | None = None  # when it was taken off its nodes
     resumed_from: int = 0  # the checkpoint step it loaded (0: from scratch)
+    load_s: float = 0.0  # how long that load took, as the runtime reported it
     nodes: list[str] = field(default_factory=list)
 
 
@@ -78,37 +82,105 @@ def redone(steps: list[StepSeen]) -> list[StepSeen]:
     return [s for s in steps if final[s.step] is not s]
 
 
+CAUSES = ("detection", "queue", "start_up", "checkpoint_load", "redone_steps", "other")
+HUNG_FACTOR = 3.0  # a step this long (times the median) that a fault fell in hung for the excess
+
+
+@dataclass(frozen=True)
+class Span:
+    start: float
+    end: float
+    cause: str  # "productive" or one of CAUSES
+
+
+def spans(steps: list[StepSeen], faults: list[FaultInjected], attempts: list[Attempt],
+          finished_at: float) -> list[Span]:
+    """What each stretch of the run was spent on, from the observations alone.
+
+    A step is productive when its run is the one that counts, else redone; a step that a
+    fault fell in and that took over HUNG_FACTOR times the median hung for the excess. Before an
+    attempt's first step: start-up, the last `load_s` of it checkpoint load. After its
+    last step: detection until the fault's first finding, then the queue until the next
+    attempt starts (the requeue, the old job completing, scheduling). Stretches may
+    overlap or leave gaps here; `partition` settles both.
+    """
+    final = unique_steps(steps)
+    typical = statistics.median(s.step_time for s in steps) if steps else 0.0
+    found = []
+    for seen in steps:
+        start, kind = seen.ended_at - seen.step_time, "productive" if final[seen.step] is seen else "redone_steps"
+        hung_until = seen.ended_at - typical
+        fault = next((f for f in faults if start <= f.at <= hung_until
+                      and (f.detected_at is None or f.detected_at >= f.at)), None)
+        if fault is not None and seen.step_time > HUNG_FACTOR * typical > 0:
+            # A step that hung on the fault (a stopped rank blocks every rank's collective)
+            # computed for a typical step's time: the rest was the fault going unnoticed,
+            # then the wait for the requeue to stop it. A step merely slow stays productive.
+            noticed = hung_until if fault.detected_at is None else min(hung_until, fault.detected_at)
+            found.append(Span(start, noticed, "detection"))
+            found.append(Span(noticed, hung_until, "queue"))
+            start = hung_until
+        found.append(Span(start, seen.ended_at, kind))
+    ordered = sorted((a for a in attempts if a.started_at is not None), key=lambda a: a.started_at)
+    for index, attempt in enumerate(ordered):
+        ends = ordered[index + 1].started_at if index + 1 < len(ordered) else finished_at
+        own = [s for s in steps if s.attempt == attempt.number]
+        first = min((s.ended_at - s.step_time for s in own), default=None)
+        last = max((s.ended_at for s in own), default=None)
+        if first is None:
+            found.append(Span(attempt.started_at, attempt.requeued_at or ends, "start_up"))
+            last = attempt.requeued_at or ends
+        else:
+            load = min(max(0.0, attempt.load_s), max(0.0, first - attempt.started_at))
+            found.append(Span(attempt.started_at, first - load, "start_up"))
+            found.append(Span(first - load, first, "checkpoint_load"))
+        fault = next((f for f in sorted(faults, key=lambda f: f.at)
+                      if attempt.started_at <= f.at < ends), None)
+        waiting = "queue" if index + 1 < len(ordered) else "other"
+        if fault is None:
+            found.append(Span(last, ends, waiting))
+            continue
+        noticed = fault.detected_at if fault.detected_at is not None else (attempt.requeued_at or ends)
+        found.append(Span(last, noticed, "detection"))
+        found.append(Span(max(last, noticed), ends, waiting))
+    return found
+
+
+def partition(found: list[Span], started_at: float, finished_at: float) -> dict[str, float]:
+    """Seconds per cause (and "productive") such that every second of the wall time is
+    counted exactly once: overlaps go to the stretch that began first, gaps to "other"."""
+    totals = {"productive": 0.0, **{cause: 0.0 for cause in CAUSES}}
+    cursor = started_at
+    for span in sorted(found, key=lambda s: (s.start, s.end)):
+        start, end = max(span.start, cursor), min(span.end, finished_at)
+        if end <= start:
+            continue
+        totals["other"] += start - cursor
+        totals[span.cause] += end - start
+        cursor = end
+    totals["other"] += max(0.0, finished_at - cursor)
+    return totals
+
+
 def summarize(steps: list[StepSeen], faults: list[FaultInjected], attempts: list[Attempt],
               started_at: float, finished_at: float, fenced_nodes: list[str]) -> Summary:
-    """The demo's closing figures. `started_at` is when the job first started running."""
+    """The demo's closing figures. `started_at` is when the job first started running;
+    productive time and the losses by cause add up to the wall time exactly."""
     wall = max(0.0, finished_at - started_at)
     final = unique_steps(steps)
-    productive = sum(s.step_time for s in final.values())
     thrown_away = redone(steps)
     detect = [f.detected_at - f.at for f in faults if f.detected_at is not None]
-    lost = {"detection": 0.0, "queue": 0.0, "start_up_and_load": 0.0,
-            "redone_steps": sum(s.step_time for s in thrown_away)}
+    lost = partition(spans(steps, faults, attempts, finished_at), started_at, max(started_at, finished_at))
+    productive = lost.pop("productive")
     resume_times = []
-    by_number = {a.number: a for a in attempts}
     for attempt in attempts:
         if attempt.number == 0:
             continue
-        before = by_number.get(attempt.number - 1)
+        before = next((a for a in attempts if a.number == attempt.number - 1), None)
         first = min((s.ended_at - s.step_time for s in steps if s.attempt == attempt.number), default=None)
         fault = _fault_before(faults, before.requeued_at if before else None)
-        if fault is not None and fault.detected_at is not None and before and before.requeued_at:
-            lost["detection"] += max(0.0, before.requeued_at - fault.at)
-        if before and before.requeued_at and attempt.started_at:
-            lost["queue"] += max(0.0, attempt.started_at - before.requeued_at)
-        if attempt.started_at and first:
-            lost["start_up_and_load"] += max(0.0, first - attempt.started_at)
         if fault is not None and first is not None:
             resume_times.append(first - fault.at)
-    first_attempt = by_number.get(0)
-    first_step = min((s.ended_at - s.step_time for s in steps if s.attempt == 0), default=None)
-    if first_attempt and first_attempt.started_at and first_step:
-        lost["start_up_and_load"] += max(0.0, first_step - first_attempt.started_at)
-    lost["other"] = max(0.0, wall - productive - sum(lost.values()))
     targets = {f.node for f in faults}
     return Summary(
         wall_s=wall, productive_s=productive, ettr=productive / wall if wall else 0.0,
@@ -142,6 +214,7 @@ def format_summary(summary: Summary) -> str:
         f"  final step            {summary.final_step}",
         f"  wall time             {summary.wall_s:.1f}s, productive {summary.productive_s:.1f}s",
         f"  ETTR                  {summary.ettr:.3f}",
-        "  time lost by cause    " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.lost_s.items()),
+        "  time lost by cause    " + ", ".join(f"{k} {v:.1f}s" for k, v in summary.lost_s.items())
+        + f"  (together {sum(summary.lost_s.values()):.1f}s = wall - productive)",
     ]
     return "\n".join(lines)
