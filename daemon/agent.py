@@ -216,6 +216,7 @@ class Agent:
         for job in jobs:
             if job.job_id in self._watched_jobs:
                 continue
+            self.history.job_started(job.job_id)
             for path in {job.stdout, job.stderr} - {""}:
                 self.joblogs.watch(job.job_id, path)
             run_dir = _run_dir_of(job.stdout, job.work_dir)

@@ -283,6 +283,13 @@ class History:
     collectives: list[dict[str, Any]] = field(default_factory=list)  # recent job symptoms
     fences: list[dict[str, Any]] = field(default_factory=list)  # every boot: {time, cause, class}
 
+    def job_started(self, job_id: str) -> None:
+        """A job (again) running here is a new run: what was done about its last run (a
+        requeue for a stalled step, a collective timeout) must not hide the same symptom in
+        this one, however soon it comes."""
+        suffix = f"|{job_id}"
+        self.app_acted = {k: t for k, t in self.app_acted.items() if not k.endswith(suffix)}
+
     def start_boot(self, boot_id: str) -> bool:
         """A new boot forgets what was fenced this boot; True when the boot changed."""
         if boot_id == self.boot_id:

@@ -67,9 +67,13 @@ def list_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
                     size += sub.stat().st_size
             except FileNotFoundError:
                 continue
+        try:
+            mtime = entry.stat().st_mtime
+        except FileNotFoundError:
+            continue  # pruned while we listed it (the runtime keeps only the newest few)
         found.append(CheckpointInfo(step=int(match.group(1)), path=path,
                                     complete=(path / COMPLETE_MARKER).exists(),
-                                    size_bytes=size, mtime=entry.stat().st_mtime))
+                                    size_bytes=size, mtime=mtime))
     return sorted(found, key=lambda c: c.step)
 
 

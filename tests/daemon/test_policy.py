@@ -195,6 +195,18 @@ def test_a_collective_timeout_alone_requeues_and_never_fences():
     assert later.requeues  # the requeued run hung again
 
 
+def test_a_stall_in_the_next_run_of_a_requeued_job_is_requeued_again_however_soon():
+    history = History(boot_id="b1")
+    first = feed(history, finding("step_stall", device="", job_id="7"), 100.0)
+    assert first.requeues
+    assert feed(history, finding("step_stall", device="", job_id="7"), 110.0).duplicate  # the same run
+    history.job_started("7")  # the requeued job runs here again
+    again = feed(history, finding("step_stall", device="", job_id="7"), 140.0)
+    assert again.requeues and not again.duplicate
+    history.job_started("8")  # another job's start forgets nothing of job 7's run
+    assert feed(history, finding("step_stall", device="", job_id="7"), 150.0).duplicate
+
+
 def test_a_collective_timeout_after_a_hardware_finding_fences_this_node():
     history = History(boot_id="b1")
     assert feed(history, finding("xid", "38", device="gpu1"), 100.0).action_class == "watch"
