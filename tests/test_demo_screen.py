@@ -19,7 +19,7 @@ import pytest
 from pitstop.waiting import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tui"))
-from test_tmux import PITSTOP, Terminal  # noqa: E402  (the TUI tests' tmux driver)
+from tui_terminal import PITSTOP, Terminal  # noqa: E402  (the tests' tmux driver)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
 
