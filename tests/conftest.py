@@ -85,3 +85,4 @@ def slurm(testbed):
         client.resume(fenced)
     testbed.wait_idle(layout, 30)
     return client
+

@@ -8,6 +8,8 @@ directory. Facts behind the settings are in shared/slurm-testbed.md.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import shutil
@@ -16,6 +18,7 @@ import sys
 import signal
 import time
 import uuid
+from typing import Sequence
 from pathlib import Path
 
 import psutil
@@ -135,6 +138,34 @@ class Testbed:
         log_file.close()
         write_atomic(pid_file, f"{proc.pid}\n")
         return proc.pid
+
+    @contextlib.contextmanager
+    def agents_running(self, args: Sequence[str] = ()):
+        """An agent on every node, on fresh kernel logs, each having written its state;
+        afterwards stopped, their state removed and their fences lifted, so what runs next
+        sees a quiet cluster (tests that inject faults with no agent watching)."""
+        from pitstop.waiting import wait_until
+
+        layout = self.layout
+        shutil.rmtree(layout.agent_root, ignore_errors=True)
+        for node in layout.node_names:
+            self.new_boot(layout, node)
+        self.start_agents(layout, list(args))
+        try:
+            for node in layout.node_names:
+                wait_until(lambda n=node: (layout.agent_state_dir(n) / f"{n}.json").exists(), 20,
+                           what=f"the agent on {node} to write its state")
+            yield self
+        finally:
+            for node in layout.node_names:
+                self.stop_agent(layout, node)
+            layout.agents = False
+            layout.save()
+            shutil.rmtree(layout.agent_root, ignore_errors=True)
+            slurm = self.slurm()
+            fenced = [n.name for n in slurm.nodes() if n.drained or n.failed or n.down]
+            if fenced:
+                slurm.resume(fenced)
 
     def stop_agent(self, layout: Layout, node: str, sig: int = signal.SIGTERM) -> None:
         pid = procs.alive(self.agent_pid_file(layout, node), "pitstop")

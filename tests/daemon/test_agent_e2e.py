@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,26 +24,10 @@ AGENT_ARGS = ["--stall-floor", "4", "--stall-k", "4", "--kmsg-poll", "0.05"]
 
 @pytest.fixture(scope="module")
 def agents(testbed):
-    """Agents on every node of the session's testbed, started on fresh kernel logs and
-    stopped when this module ends (other tests inject faults without agents watching)."""
-    layout = testbed.layout
-    shutil.rmtree(layout.agent_root, ignore_errors=True)
-    for node in layout.node_names:
-        testbed.new_boot(layout, node)
-    testbed.start_agents(layout, AGENT_ARGS)
-    for node in layout.node_names:
-        wait_until(lambda n=node: _state(layout, n), 20, what=f"agent on {node} to write its state")
-    yield testbed
-    for node in layout.node_names:
-        testbed.stop_agent(layout, node)
-    layout.agents = False
-    layout.save()
-    # The agents are gone: their state would tell later tests about faults of this module.
-    shutil.rmtree(layout.agent_root, ignore_errors=True)
-    slurm = testbed.slurm()
-    fenced = [n.name for n in slurm.nodes() if n.drained or n.failed or n.down]
-    if fenced:
-        slurm.resume(fenced)
+    """Agents on every node, for this whole module (other tests inject faults without
+    agents watching)."""
+    with testbed.agents_running(AGENT_ARGS) as bed:
+        yield bed
 
 
 def _state(layout, node: str) -> dict | None:

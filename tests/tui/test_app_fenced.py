@@ -4,8 +4,6 @@ devices read from what the agent wrote."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from pitstop.tui.app import PitstopApp
@@ -18,27 +16,8 @@ pytestmark = pytest.mark.slurm
 
 @pytest.fixture
 def agents(testbed, slurm):
-    """An agent on every node, on fresh kernel logs; stopped, their state removed and
-    their fences lifted afterwards, so the tests after these see a quiet cluster."""
-    layout = testbed.layout
-    shutil.rmtree(layout.agent_root, ignore_errors=True)
-    for node in layout.node_names:
-        testbed.new_boot(layout, node)
-    testbed.start_agents(layout, ["--kmsg-poll", "0.05"])
-    try:
-        for node in layout.node_names:
-            wait_until(lambda n=node: (layout.agent_state_dir(n) / f"{n}.json").exists(), 20,
-                       what=f"the agent on {node} to write its state")
-        yield testbed
-    finally:
-        for node in layout.node_names:
-            testbed.stop_agent(layout, node)
-        layout.agents = False
-        layout.save()
-        shutil.rmtree(layout.agent_root, ignore_errors=True)
-        fenced = [n.name for n in slurm.nodes() if n.drained or n.failed or n.down]
-        if fenced:
-            slurm.resume(fenced)
+    with testbed.agents_running(["--kmsg-poll", "0.05"]) as bed:
+        yield bed
 
 
 @pilot_test
