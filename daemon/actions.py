@@ -138,6 +138,11 @@ class NodeActions:
         if requeue_jobs:
             outcomes += self.requeue_jobs_on_node()
         if action_class == "reboot":
+            # Let the requeued jobs leave the node first. A job still completing here when
+            # the node comes back from its reboot becomes pending at that very registration,
+            # and Slurm 22.05 can hand it this node again before the agent's drain lands
+            # (seen on the testbed: the node MIXED with the reboot's reason on it).
+            self._wait_jobs_gone(self.JOBS_GONE_S)
             # nextstate=down: back from the reboot the node stays out until the agent's
             # return check passes (with ReturnToService=1; under 2 the agent drains it).
             outcomes.append(self._call("reboot", lambda: self.slurm.reboot(self.node, reason, nextstate="down"),
@@ -219,6 +224,20 @@ class NodeActions:
         return self._call("requeue", lambda: self.slurm.requeue(job_id), job_id=job_id)
 
     # --- return to service --------------------------------------------------------------
+
+    JOBS_GONE_S = 15.0
+
+    def _wait_jobs_gone(self, timeout: float) -> bool:
+        """Poll until no job is on this node (running or completing), at most `timeout`."""
+        deadline = self.clock() + timeout
+        while True:
+            node = self.this_node()
+            if node is None or (not node.jobs and "COMPLETING" not in node.flags
+                                and node.state not in {"ALLOCATED", "MIXED", "COMPLETING"}):
+                return True
+            if self.clock() >= deadline:
+                return False
+            self.sleep(0.2)
 
     def hold_for_check(self, reason: str) -> Outcome:
         """Drain a node Slurm returned to service before its return check ran."""
