@@ -28,6 +28,21 @@ OUTPUT_POLL_S = 0.5
 LOG_MAX_LINES = 100_000
 
 
+def read_and_show(app, what: str, read, show) -> None:
+    """In a thread worker: `read()` (the provider's call, drawn), then `show(result)` on the
+    UI thread; a failure becomes a red line on screen, never a traceback."""
+    try:
+        shown = read()
+    except ProviderError as exc:
+        shown = Text(f"{what}: {exc}", style="bold red")
+    except Exception as exc:  # a surprise: a line on screen, never a traceback
+        shown = Text(f"{what}: {type(exc).__name__}: {exc}", style="bold red")
+    try:
+        app.call_from_thread(show, shown)
+    except Exception:  # the app closed under us
+        pass
+
+
 class ConfirmScreen(ModalScreen[str | None]):
     """Yes or no, before anything that changes the cluster; optionally with a reason to
     edit. Dismisses with the reason ("" when none was asked) or None."""
@@ -128,16 +143,8 @@ class DetailScreen(Screen[None]):
     def _read_devices(self, node: str) -> None:
         from pitstop.tui.devices import device_table
 
-        try:
-            shown = device_table(self.app.provider.devices(node))
-        except ProviderError as exc:
-            shown = Text(f"device readings: {exc}", style="bold red")
-        except Exception as exc:  # a surprise: a line on screen, never a traceback
-            shown = Text(f"device readings: {type(exc).__name__}: {exc}", style="bold red")
-        try:
-            self.app.call_from_thread(self._show_devices, shown)
-        except Exception:  # the app closed under us
-            pass
+        read_and_show(self.app, "device readings", lambda: device_table(self.app.provider.devices(node)),
+                      self._show_devices)
 
     def _show_devices(self, shown) -> None:
         if self.is_attached:
@@ -384,16 +391,7 @@ class PlansScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="plans", exit_on_error=False)
     def _read_plans(self) -> None:
         width = max(20, (self.size.width or 100) - 14)
-        try:
-            shown = plans_text(self.app.provider.plans(width))
-        except ProviderError as exc:
-            shown = Text(f"plans: {exc}", style="bold red")
-        except Exception as exc:  # a surprise: a line on screen, never a traceback
-            shown = Text(f"plans: {type(exc).__name__}: {exc}", style="bold red")
-        try:
-            self.app.call_from_thread(self._show, shown)
-        except Exception:  # the app closed under us
-            pass
+        read_and_show(self.app, "plans", lambda: plans_text(self.app.provider.plans(width)), self._show)
 
     def _show(self, shown: Text) -> None:
         if self.is_attached:
