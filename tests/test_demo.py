@@ -92,8 +92,9 @@ def test_a_campaign_of_mixed_faults_is_all_detected_and_fences_only_the_broken_n
     each fault injected once the run trains again after the one before."""
     directory = Path(tempfile.mkdtemp(prefix="pitstop-demo-campaign-", dir="/tmp"))
     # Slurm marks a node with a dead slurmd DOWN (and requeues its job) ~30 s later: the
-    # run must still be going then, hence 90 steps.
-    out = run_demo(directory, "--steps", "90", "--fault-after", "5", "--faults", "3", "--every", "1",
+    # run must still be going then, and through the two faults after it: 150 steps (90 ran
+    # out before the third fault once in CI).
+    out = run_demo(directory, "--steps", "150", "--fault-after", "5", "--faults", "3", "--every", "1",
                    "--kinds", "slurmd,xid48,nccl", "--override", "trainer.checkpoint.interval=5",
                    timeout=900).stdout
     for text in ("FAULT 1", "FAULT 2", "FAULT 3", "-> drain", "collective_timeout", "slurmd started again",
@@ -122,7 +123,7 @@ def test_a_campaign_of_mixed_faults_is_all_detected_and_fences_only_the_broken_n
         assert not fencing_actions(directory, node), node
     # The run: every step once in progress.jsonl, three restarts, each resumed from a checkpoint.
     progress = list(iter_progress(Path(report["run_dir"])))
-    assert sorted(r["step"] for r in progress) == list(range(1, 91)) and summary["final_step"] == 90
+    assert sorted(r["step"] for r in progress) == list(range(1, 151)) and summary["final_step"] == 150
     # At least one restart a fault. Seen once in CI: a fourth Slurm restart that trained no
     # step (a second requeue of one fault), so the progress file's count is at most Slurm's.
     assert summary["restarts"] >= 3 and 2 <= max(r["restart_count"] for r in progress) <= summary["restarts"]

@@ -49,8 +49,8 @@ def test_the_agents_fence_and_requeue_keep_the_run_inside_its_reservation(testbe
         fenced = slurm.wait_for(lambda s: (n := s.node(bad)) and n.fenced_by_pitstop and n, 20,
                                 what=f"the agent on {bad} to fence it")
         assert "xid 95" in fenced.reason
-        again = slurm.wait_for(lambda s: (j := s.job(job.job_id)) and j.running and j.restart_count == 1 and j,
-                               60, what="the agent's requeue to run the job again")
+        again = slurm.wait_for(lambda s: (j := s.job(job.job_id)) and j.state == "RUNNING" and j.restart_count == 1
+                               and j, 60, what="the agent's requeue to run the job again")
         resv = slurm.reservation("pitstop-ag-s1")
         assert bad not in resv.nodes and len(resv.nodes) == 2
         assert again.reservation == "pitstop-ag-s1" and set(again.nodes) == set(resv.nodes), (again, resv)
