@@ -424,11 +424,9 @@ class KmsgFollower:
                 position = stop + 1
             taken_to = position - 1
         seq = _last_seq(block)
-        if seq is not None:
-            if self._skip_through is not None and seq <= self._skip_through:
-                pass  # still replaying what the cursor says was read
-            else:
-                self._newest_seq = max(seq, self._newest_seq or 0)
+        # A seq at or below the cursor's is still a replay of what was read: it moves nothing.
+        if seq is not None and (self._skip_through is None or seq > self._skip_through):
+            self._newest_seq = max(seq, self._newest_seq or 0)
         return lines
 
     def _group_file_lines(self, lines: list[str], interesting: Callable[[str], bool] | None | bool = True
