@@ -32,22 +32,28 @@ from datetime import datetime
 from pathlib import Path
 
 from pitstop.demo.runner import Demo, DemoOptions
+from pitstop.rundir import ATTEMPT_LINE
 
 
 def meta_ettr(n_rf: float, u0: float, dt: float, w: float) -> float:
     return (1 - n_rf * (u0 + dt / 2)) / (1 + w / dt)
 
 
-def start_lines(run_dir: Path) -> list[dict[str, float]]:
-    """Each start's phases in seconds, in order, from the runtime's own start line
-    (`training from step N …; start-up T s: python and imports A s, …`)."""
-    starts = []
+def start_lines(run_dir: Path) -> dict[int, dict[str, float]]:
+    """Each attempt's start-up phases in seconds, from the runtime's own start line
+    (`training from step N …; start-up T s: python and imports A s, …`) after the batch
+    script's line for that attempt."""
+    starts: dict[int, dict[str, float]] = {}
     for out in sorted(run_dir.glob("slurm-*.out")):
+        attempt = None
         for line in out.read_text(errors="replace").splitlines():
-            if "training from step" in line and "start-up" in line:
+            marker = ATTEMPT_LINE.match(line)
+            if marker is not None:
+                attempt = int(marker.group(1))
+            elif attempt is not None and "training from step" in line and "start-up" in line:
                 phases = line.split("start-up", 1)[1].split(":", 1)[1]
-                starts.append({name.strip(): float(seconds) for name, seconds in
-                               re.findall(r"([a-z ]+?) ([0-9.]+) s", phases)})
+                starts.setdefault(attempt, {name.strip(): float(seconds) for name, seconds in
+                                            re.findall(r"([a-z ]+?) ([0-9.]+) s", phases)})
     return starts
 
 
@@ -78,14 +84,17 @@ def restart_phases(demo: Demo) -> dict[str, list[float]]:
                       and f.at <= before.requeued_at), None)
         if not attempt.number or before is None or fault is None or first is None or not attempt.started_at:
             continue
-        gone = next((t for t in released if t >= before.requeued_at - 1), None)
         if fault.detected_at is not None:
             add("detect", fault.detected_at - fault.at)
-            add("agent acts (to the requeue)", before.requeued_at - fault.detected_at)
+            add("agent acts, the step ends", before.requeued_at - fault.detected_at)
+        requeued = demo._restart_counts.get(attempt.number, 0) != demo._restart_counts.get(before.number, 0)
+        gone = next((t for t in released if t >= before.requeued_at - 1), None) if requeued else None
         if gone is not None:
-            add("old job stops", gone - before.requeued_at)
-            add("pending", attempt.started_at - gone)
-        start = starts[attempt.number] if attempt.number < len(starts) else {}
+            add("old job stops (requeue)", gone - before.requeued_at)
+            add("pending (requeue)", attempt.started_at - gone)
+        elif not requeued:
+            add("next step placed (in the allocation)", attempt.started_at - before.requeued_at)
+        start = starts.get(attempt.number, {})
         add("launch (srun, torchrun)", first - attempt.started_at - sum(start.values()))
         for name, seconds in start.items():
             add(name, seconds)

@@ -6,7 +6,9 @@ nodes that carry a recent `pitstop:` reason in Slurm — the one view every agen
 and ranks them by when their reason was set (then by name). Only the first
 `floor(max_share × nodes)` keep their fence; a node ranked past that resumes itself,
 the breaker reports that it tripped, and nothing more is fenced until a person looks.
-Jobs are requeued only after the fence holds.
+Jobs are restarted only after the fence holds: requeued, or, for a job that restarts in
+its allocation (`pitstop.rundir`), its steps on the node ended so that its batch script
+starts them again on the allocation's healthy nodes.
 
 Only reasons that start with `pitstop:` are pitstop's: a node an operator drained is
 never resumed, never counted, and never re-fenced over the operator's reason.
@@ -21,19 +23,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-from pitstop.model import PITSTOP_REASON_PREFIX, Node
+from pitstop.model import PITSTOP_REASON_PREFIX, Job, Node
 from pitstop.slurm import Slurm, SlurmError
 
 log = logging.getLogger(__name__)
 
-FENCE_CLASSES = ("drain", "reboot", "replace")
+FENCE_CLASSES = ("drain", "down", "reboot", "replace")
 
 
 @dataclass
 class Outcome:
     """One thing pitstop did (or, in dry-run, would have done)."""
 
-    action: str  # drain | fail | reboot | requeue | resume | replace_command | breaker | unfence | return_check
+    action: str  # drain | fail | down | reboot | requeue | end_step | resume | replace_command | breaker | unfence | return_check
     ok: bool = True
     detail: str = ""
     job_id: str = ""
@@ -79,6 +81,7 @@ class NodeActions:
     def __init__(self, slurm: Slurm, node: str, *, dry_run: bool = False,
                  max_fenced_share: float = 0.5, breaker_window_s: float = 3600.0,
                  settle_s: float = 1.5, replace_command: Sequence[str] = (),
+                 restarts_in_allocation: Callable[[Job], bool] = lambda job: False,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self.slurm = slurm
         self.node = node
@@ -87,6 +90,7 @@ class NodeActions:
         self.breaker_window_s = breaker_window_s
         self.settle_s = settle_s
         self.replace_command = list(replace_command)
+        self.restarts_in_allocation = restarts_in_allocation  # the job restarts its own steps
         self.clock = clock
         self.sleep = sleep
         self.breaker_tripped = False
@@ -105,12 +109,16 @@ class NodeActions:
     # --- fencing ----------------------------------------------------------------------
 
     def fence(self, action_class: str, reason: str, requeue_jobs: bool = True) -> list[Outcome]:
-        """Drain, reboot or replace this node, within the blast-radius limit."""
+        """Drain, set down, reboot or replace this node, within the blast-radius limit."""
         if action_class not in FENCE_CLASSES:
             raise ValueError(f"not a fence class: {action_class!r}")
         if not reason.startswith(PITSTOP_REASON_PREFIX):
             raise ValueError("pitstop's reasons start with 'pitstop:'")
-        state = "fail" if action_class == "replace" else "drain"
+        state = {"replace": "fail", "down": "down"}.get(action_class, "drain")
+        if action_class == "down":
+            # Slurm requeues a DOWN node's --requeue jobs itself (and ends the steps of
+            # --no-kill jobs there): a requeue from here would only race it.
+            requeue_jobs = False
         current = self.this_node()
         if current is not None and current.reason and not current.fenced_by_pitstop and \
                 (current.drained or current.failed or current.down):
@@ -125,6 +133,10 @@ class NodeActions:
         outcomes = [self._node_update(state, reason)]
         if not outcomes[0].ok:
             return outcomes
+        if requeue_jobs:
+            # A job that restarts in its allocation loses only its step here, which takes
+            # no capacity away: it needs no wait for the breaker's verdict (1.5 s a fault).
+            outcomes += self.requeue_jobs_on_node(in_allocation=True)
         self.sleep(self.settle_s)
         after = self.breaker()
         rank = after.rank(self.node)
@@ -136,7 +148,7 @@ class NodeActions:
             outcomes.append(self._trip(after, reason, "fence taken back"))
             return outcomes
         if requeue_jobs:
-            outcomes += self.requeue_jobs_on_node()
+            outcomes += self.requeue_jobs_on_node(in_allocation=False)
         if action_class == "reboot":
             # Let the requeued jobs leave the node first. A job still completing here when
             # the node comes back from its reboot becomes pending at that very registration,
@@ -157,6 +169,9 @@ class NodeActions:
         if len(others) >= view.allowed:
             return [Outcome("breaker", ok=False, dry_run=True, reason=reason,
                             detail=f"would not fence: breaker open ({len(others)} of {view.total_nodes} fenced)")]
+        if action_class == "down":  # Slurm requeues the jobs of a DOWN node itself
+            return [Outcome(state, dry_run=True, reason=reason,
+                            detail=f"would set {self.node} DOWN (Slurm requeues its jobs)")]
         planned = [Outcome(state, dry_run=True, reason=reason, detail=f"would {state} {self.node}")]
         for job in self._requeueable_jobs():
             planned.append(Outcome("requeue", dry_run=True, job_id=job, detail=f"would requeue job {job}"))
@@ -176,7 +191,7 @@ class NodeActions:
         return Outcome("breaker", ok=False, reason=reason, detail=detail)
 
     def _node_update(self, state: str, reason: str) -> Outcome:
-        update = self.slurm.fail if state == "fail" else self.slurm.drain
+        update = {"fail": self.slurm.fail, "down": self.slurm.set_down}.get(state, self.slurm.drain)
         return self._call(state, lambda: update(self.node, reason), reason)
 
     def _call(self, action: str, call: Callable[[], None], reason: str = "", job_id: str = "") -> Outcome:
@@ -199,7 +214,7 @@ class NodeActions:
 
     # --- jobs -------------------------------------------------------------------------
 
-    def _requeueable_jobs(self, job_ids: Sequence[str] | None = None) -> list[str]:
+    def _restartable(self, job_ids: Sequence[str] | None = None) -> list[Job]:
         jobs = self.slurm.jobs(states="RUNNING,COMPLETING,CONFIGURING")
         found = []
         for job in jobs:
@@ -207,21 +222,49 @@ class NodeActions:
                 continue
             if job_ids is None and self.node not in job.nodes:
                 continue
-            if job.requeue and (job.running or job.state == "CONFIGURING"):
-                found.append(job.job_id)
+            if not (job.running or job.state == "CONFIGURING"):
+                continue
+            if job.requeue or self.restarts_in_allocation(job):
+                found.append(job)
         return found
 
-    def requeue_jobs_on_node(self) -> list[Outcome]:
-        return [self.requeue(job_id) for job_id in self._requeueable_jobs()]
+    def _requeueable_jobs(self, job_ids: Sequence[str] | None = None) -> list[str]:
+        return [job.job_id for job in self._restartable(job_ids)]
+
+    def requeue_jobs_on_node(self, in_allocation: bool | None = None) -> list[Outcome]:
+        """Restart the jobs on this fenced node (those that restart in their allocation, or
+        the others, or, with None, all): a job that restarts in its allocation loses only
+        its steps on this node (its batch script starts them again on healthy nodes, this
+        one left out); any other job is requeued."""
+        return [self._restart(job, only_on_this_node=True) for job in self._restartable()
+                if in_allocation is None or self.restarts_in_allocation(job) == in_allocation]
 
     def requeue(self, job_id: str) -> Outcome:
-        """Requeue one job so it resumes from its checkpoint; the node stays in service."""
+        """Restart one job so it resumes from its checkpoint; the node stays in service."""
         if self.dry_run:
-            return Outcome("requeue", dry_run=True, job_id=job_id, detail=f"would requeue job {job_id}")
-        if not self._requeueable_jobs([job_id]):
+            return Outcome("requeue", dry_run=True, job_id=job_id, detail=f"would restart job {job_id}")
+        found = self._restartable([job_id])
+        if not found:
             return Outcome("requeue", ok=False, job_id=job_id,
                            detail="not requeued: not running, or submitted with --no-requeue")
-        return self._call("requeue", lambda: self.slurm.requeue(job_id), job_id=job_id)
+        return self._restart(found[0], only_on_this_node=False)
+
+    def _restart(self, job: Job, only_on_this_node: bool) -> Outcome:
+        if not self.restarts_in_allocation(job):
+            return self._call("requeue", lambda: self.slurm.requeue(job.job_id), job_id=job.job_id)
+        try:
+            steps = self.slurm.steps(job.job_id)
+            doomed = [step for step, nodes in steps.items() if not only_on_this_node or self.node in nodes]
+            self.slurm.kill_steps(job.job_id, doomed)
+        except SlurmError as exc:
+            log.error("ending the steps of job %s failed: %s", job.job_id, exc)
+            return Outcome("end_step", ok=False, job_id=job.job_id, detail=str(exc))
+        if not doomed:
+            return Outcome("end_step", job_id=job.job_id,
+                           detail="no step of it runs here now: its batch script is between steps")
+        return Outcome("end_step", job_id=job.job_id,
+                       detail=f"ended step {', '.join(doomed)}: its batch script starts it again "
+                              "from the newest checkpoint on the allocation's healthy nodes")
 
     # --- return to service --------------------------------------------------------------
 

@@ -34,8 +34,9 @@ from pitstop.daemon.policy import History, Policy
 from pitstop.daemon.progress import ProgressWatcher
 from pitstop.daemon import sdnotify
 from pitstop.daemon.returncheck import CheckResult, ReturnCheck, check_command, interpret, last_line
+from pitstop.daemon.slurmd import SlurmdWatch
 from pitstop.model import REPLACE_REASON, Finding, Health
-from pitstop.rundir import HEARTBEAT
+from pitstop.rundir import HEARTBEAT, current_attempt, restarts_in_allocation
 from pitstop.slurm import Slurm, SlurmError
 
 log = logging.getLogger("pitstop.agent")
@@ -77,13 +78,16 @@ class Agent:
         self.actions = NodeActions(self.slurm, self.node, dry_run=config.dry_run,
                                    max_fenced_share=config.max_fenced_share,
                                    breaker_window_s=config.breaker_window_s,
-                                   replace_command=config.replace_command)
+                                   replace_command=config.replace_command,
+                                   restarts_in_allocation=_restarts_in_allocation)
         self.gpus = GpuMap(bus_index={bus: i for i, bus in enumerate(config.gpu_bus_ids)})
         self.kmsg = KmsgSource(self.node, KmsgFollower(
             config.kmsg, cursor_path=Path(config.state_dir) / f"{self.node}.kmsg-cursor.json",
             boot_id_path=config.boot_id_file), gpus=self.gpus)
         self.joblogs = JobLogWatcher(self.node)
         self.progress = ProgressWatcher(self.node, k=config.stall_k, floor_s=config.stall_floor_s)
+        self.slurmd = (SlurmdWatch(config.slurmd_pidfile, config.slurmd_grace_s, node=self.node)
+                       if config.slurmd_pidfile else None)
         self.host_thresholds = HostThresholds.from_dict({
             "disk": config.disk, "memory_min_available": config.memory_min_available,
             "expected_accelerators": config.expected_gpus, "accelerator_glob": config.accelerator_glob})
@@ -181,7 +185,15 @@ class Agent:
                 self.kmsg.commit()
                 self._cursor_saved_at = now
             self._check_boot(now)
-            self._handle(self.joblogs.poll(now) + self.progress.poll(now), now)
+            # Every tick: one small file read and one psutil call. Not while the node reboots
+            # or waits for its return check: slurmd is meant to be gone then.
+            if self.slurmd is not None and self.store.health not in (Health.REBOOTING, Health.CHECKING):
+                self._handle(self.slurmd.poll(now), now)
+            from_logs = self.joblogs.poll(now)
+            for job_id, _attempt in self.joblogs.new_attempts:
+                self.history.job_started(job_id)  # a restarted step is a new run of the job
+            self.joblogs.new_attempts.clear()
+            self._handle(from_logs + self.progress.poll(now), now)
             if timers["telemetry"].ready(now):
                 self._telemetry(now)
             if timers["watchdog"].ready(now):
@@ -324,16 +336,33 @@ class Agent:
         self._save(now)
 
     def _requeue_for(self, decision: Any, now: float) -> None:
+        """Restart the job(s) an app decision is about, once per run: a job that restarts in
+        its allocation once per attempt (a finding from an attempt already restarted is
+        stale), any other once a minute (every rank's log says the same)."""
         if decision.job_id:
-            job_ids = [decision.job_id]
+            jobs = [j for j in self.slurm.jobs(states="RUNNING") if j.job_id == decision.job_id]
         else:
-            job_ids = [j.job_id for j in self.slurm.jobs(states="RUNNING") if self.node in j.nodes]
+            jobs = [j for j in self.slurm.jobs(states="RUNNING") if self.node in j.nodes]
+        self._requeued = {k: t for k, t in self._requeued.items() if now - t < 3600.0}
         outcomes = []
-        for job_id in job_ids:
-            if now - self._requeued.get(job_id, 0.0) < 60.0:
-                continue  # every rank's log says the same; one requeue per job is enough
-            self._requeued[job_id] = now
-            outcomes.append(self.actions.requeue(job_id))
+        for job in jobs:
+            run_dir = _run_dir_of(job.stdout, job.work_dir)
+            if restarts_in_allocation(run_dir):
+                attempt = current_attempt(run_dir)
+                seen_in = decision.finding.attempt
+                if seen_in is not None and attempt is not None and seen_in < attempt:
+                    log.info("job %s: %s was seen in attempt %d, already restarted (now %d): nothing to do",
+                             job.job_id, decision.finding.signal, seen_in, attempt)
+                    continue
+                key = f"{job.job_id}#{attempt}"
+                if key in self._requeued:
+                    continue
+            else:
+                key = job.job_id
+                if now - self._requeued.get(key, 0.0) < 60.0:
+                    continue
+            self._requeued[key] = now
+            outcomes.append(self.actions.requeue(job.job_id))
         self._record(outcomes, now)
         self._save(now)
 
@@ -435,7 +464,7 @@ class Agent:
                      "jobs_watched": sorted(self._watched_jobs)}
         if self.config.expected_gpus:
             bad = {f.get("device") for f in self.store.state.open_findings
-                   if f.get("action_class") in {"drain", "reboot", "replace"} and f.get("device")}
+                   if f.get("action_class") in {"drain", "down", "reboot", "replace"} and f.get("device")}
             telemetry["accelerators_healthy"] = max(0, self.config.expected_gpus - len(bad))
         telemetry["devices"] = device_rows(
             gpus=self._last_gpus, neuron=self._last_neuron,
@@ -456,6 +485,11 @@ class Agent:
 
 def _lines_seen(stats) -> int:
     return stats.records + stats.passed_over + sum(stats.skipped.values())
+
+
+def _restarts_in_allocation(job) -> bool:
+    """Whether the job's batch script restarts its own steps (its run directory says so)."""
+    return restarts_in_allocation(_run_dir_of(job.stdout, job.work_dir))
 
 
 def _run_dir_of(stdout: str, work_dir: str) -> Path | None:

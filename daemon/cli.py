@@ -42,6 +42,8 @@ def _run_options(func):
         ("--expected-neuron-devices", int, "Neuron devices this node should have."),
         ("--memory-min-available", str, "Least available memory before a finding (\"2%\", \"4GiB\")."),
         ("--slurm-timeout", float, "Seconds before a Slurm command is given up."),
+        ("--slurmd-pidfile", str, "This node's slurmd pid file, watched for slurmd's death (\"\" turns it off)."),
+        ("--slurmd-grace", float, "Seconds slurmd may be gone before the node is set DOWN."),
         ("--accelerator-glob", str, "Device files that count as accelerators."),
         ("--max-fenced-share", float, "Blast radius: the most of the cluster pitstop may fence."),
         ("--breaker-window", float, "Seconds a fence counts against the blast radius."),
@@ -70,6 +72,7 @@ def _run_options(func):
 
 
 _FLAG_TO_SETTING = {"slurm_timeout": "slurm_timeout_s", "interval": "interval_s", "jobs_interval": "jobs_interval_s", "kmsg_poll": "kmsg_poll_s",
+                    "slurmd_grace": "slurmd_grace_s",
                     "breaker_window": "breaker_window_s", "stall_floor": "stall_floor_s",
                     "return_check_timeout": "return_check_timeout_s"}
 

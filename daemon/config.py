@@ -48,6 +48,10 @@ class AgentConfig:
     stall_k: float = 5.0  # a step slower than k x the recent median is a hang
     stall_floor_s: float = 300.0
     slurm_timeout_s: float = 20.0
+    # This node's slurmd pid file: slurmd seen dead this long sets the node DOWN at once
+    # (`slurmd_down`), instead of after Slurm's SlurmdTimeout. "" turns the watch off.
+    slurmd_pidfile: str = "/run/slurmd.pid"
+    slurmd_grace_s: float = 3.0
     # Back from a reboot, a node returns to service only through this check (a process):
     # "full" runs `pitstop check full --resume` with the hooks' settings file (None: the
     # hooks' default); "none" resumes it as soon as it booted with no hardware finding.
@@ -77,6 +81,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "accelerator_glob": (str,), "disk": (dict,), "memory_min_available": (str,),
     "max_fenced_share": (int, float), "breaker_window_s": (int, float), "replace_command": (list,),
     "stall_k": (int, float), "stall_floor_s": (int, float), "slurm_timeout_s": (int, float),
+    "slurmd_pidfile": (str,), "slurmd_grace_s": (int, float),
     "return_check": (str,), "return_check_config": (str, type(None)), "return_check_timeout_s": (int, float),
     "return_check_retry_s": (int, float), "log_level": (str,),
 }

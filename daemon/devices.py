@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from pitstop.daemon.host import device_index
 
-FENCING_CLASSES = {"drain", "reboot", "replace"}
+FENCING_CLASSES = {"drain", "down", "reboot", "replace"}
 
 
 def device_rows(*, gpus: Sequence[Any] = (), neuron: Any = None, paths: Iterable[str] = (),
@@ -47,7 +47,7 @@ def _row(device: str, kind: str, readings: dict[str, Any], worst: Mapping[str, M
             "finding": finding.get("message") if finding else None, "readings": readings}
 
 
-_SEVERITY = {"replace": 4, "reboot": 3, "drain": 2, "watch": 1}
+_SEVERITY = {"replace": 5, "reboot": 4, "down": 3, "drain": 2, "watch": 1}
 
 
 def _worst_by_device(findings: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:

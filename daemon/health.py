@@ -7,8 +7,8 @@ file per node, written atomically (`pitstop.fsutil`), and an event log beside it
 States (`pitstop.model.Health`) and the moves allowed between them:
 
     OK ──watch──▶ SUSPECT ──quiet──▶ OK
-    OK / SUSPECT / CHECKING ──fence──▶ FENCED(drain | reboot | replace)
-    FENCED(c) ──more severe fence──▶ FENCED(c')      (drain → reboot → replace)
+    OK / SUSPECT / CHECKING ──fence──▶ FENCED(drain | down | reboot | replace)
+    FENCED(c) ──more severe fence──▶ FENCED(c')      (drain → down → reboot → replace)
     FENCED(drain | reboot) ──▶ REBOOTING ──new boot──▶ CHECKING ──pass──▶ OK
     FENCED(drain) ──▶ CHECKING                       (a deep check instead of a reboot)
     REBOOTING / CHECKING ──fail──▶ FENCED
@@ -22,7 +22,7 @@ States (`pitstop.model.Health`) and the moves allowed between them:
       "version": 1,
       "node": "node1",
       "health": "FENCED",               # OK | SUSPECT | FENCED | REBOOTING | CHECKING
-      "fence_class": "reboot",          # drain | reboot | replace while fenced, else null
+      "fence_class": "reboot",          # drain | down | reboot | replace while fenced, else null
       "reason": "pitstop: xid 79 gpu2 GPU has fallen off the bus",
       "since": 1764578000.0,            # when `health` last changed (epoch seconds)
       "updated_at": 1764578012.5,       # last write
@@ -76,7 +76,7 @@ from pitstop.model import Finding, Health
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-FENCE_CLASSES = ("drain", "reboot", "replace")
+FENCE_CLASSES = ("drain", "down", "reboot", "replace")  # least severe first
 _FENCE_RANK = {name: rank for rank, name in enumerate(FENCE_CLASSES)}
 MAX_FINDINGS = 100
 MAX_ACTIONS = 100
@@ -91,7 +91,7 @@ TRANSITIONS: dict[tuple[Health, Health], frozenset[str] | None] = {
     (Health.OK, Health.FENCED): None,
     (Health.SUSPECT, Health.FENCED): None,
     (Health.CHECKING, Health.FENCED): None,
-    (Health.FENCED, Health.FENCED): frozenset({"drain", "reboot"}),  # only to a worse class
+    (Health.FENCED, Health.FENCED): frozenset({"drain", "down", "reboot"}),  # only to a worse class
     (Health.FENCED, Health.REBOOTING): frozenset({"drain", "reboot"}),
     (Health.FENCED, Health.CHECKING): frozenset({"drain"}),
     (Health.REBOOTING, Health.CHECKING): None,

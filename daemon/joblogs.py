@@ -5,6 +5,11 @@ watchdog, the heartbeat monitor, NCCL's InfiniBand errors, gloo's timeouts. Ever
 prints them, so these findings carry the job id and the policy treats them as the job's
 fault unless a hardware finding of this node falls in the same window.
 
+A run that restarts its steps in its allocation (`pitstop.rundir`) keeps its job id, so
+the batch script's line as it starts a step (`pitstop: attempt N of job J: …`) marks a
+new attempt: the findings after it carry that attempt, its episodes start afresh (the
+same fault in the next attempt is a new finding), and `new_attempts` tells the agent.
+
 The lines' shapes are data (data/joblog_patterns.yaml, applied by
 `patterns.PatternSet`). Each job's file is followed by a `tail.LineTailer`: appended
 bytes in chunks, lines cut at a cap (a megabyte progress bar costs one capped line), a
@@ -22,6 +27,7 @@ from typing import Iterable
 from pitstop.daemon.patterns import JOBLOG_PATTERNS, Coalescer, PatternSet, findings_from_lines
 from pitstop.daemon.tail import MAX_LINE_BYTES, LineTailer, TailPosition
 from pitstop.model import Finding
+from pitstop.rundir import ATTEMPT_LINE
 
 
 @dataclass
@@ -47,6 +53,8 @@ class JobLogWatcher:
         self.coalescer = Coalescer(quiet_s=quiet_s)
         self.max_line = max_line
         self._jobs: dict[tuple[str, str], WatchedJob] = {}
+        self._attempts: dict[str, int] = {}  # job -> the attempt its output is at
+        self.new_attempts: list[tuple[str, int]] = []  # (job, attempt) seen starting; the agent takes them
 
     def watch(self, job_id: str, path: Path | str, *, from_start: bool = False) -> None:
         path = Path(path)
@@ -66,6 +74,7 @@ class JobLogWatcher:
     def unwatch(self, job_id: str) -> None:
         for key in [k for k in self._jobs if k[0] == str(job_id)]:
             self._jobs.pop(key).tailer.close()
+        self._attempts.pop(str(job_id), None)
 
     def close(self) -> None:
         for job in self._jobs.values():
@@ -83,9 +92,29 @@ class JobLogWatcher:
         return found
 
     def findings(self, job_id: str, lines: Iterable[str], now: float) -> list[Finding]:
-        """The pure part: one job's lines in, the findings that start an episode out."""
-        return findings_from_lines(lines, self.patterns, node=self.node, source="joblogs",
-                                   now=now, coalescer=self.coalescer, job_id=str(job_id))
+        """The pure part: one job's lines in, the findings that start an episode out,
+        each stamped with the attempt whose output it was in."""
+        job_id = str(job_id)
+        found: list[Finding] = []
+        batch: list[str] = []
+        for line in lines:
+            started = ATTEMPT_LINE.match(line)
+            if started is None or started.group(2) != job_id:
+                batch.append(line)
+                continue
+            found += self._match(job_id, batch, now)
+            batch = []
+            self._attempts[job_id] = int(started.group(1))
+            self.coalescer.forget(job_id)
+            self.new_attempts.append((job_id, int(started.group(1))))
+        return found + self._match(job_id, batch, now)
+
+    def _match(self, job_id: str, lines: list[str], now: float) -> list[Finding]:
+        found = findings_from_lines(lines, self.patterns, node=self.node, source="joblogs",
+                                    now=now, coalescer=self.coalescer, job_id=job_id)
+        for finding in found:
+            finding.attempt = self._attempts.get(job_id)
+        return found
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {f"{job.job_id}:{job.path}": job.tailer.stats.to_dict() for job in self._jobs.values()}

@@ -303,6 +303,10 @@ class Coalescer:
         self._buckets.clear()
         self.unbucketed = 0
 
+    def forget(self, first: str) -> None:
+        """Drop the keys whose first part is `first` (a job's, when it starts a new attempt)."""
+        self._buckets = {k: b for k, b in self._buckets.items() if not k or k[0] != first}
+
     def offer(self, finding: Finding, now: float, key: tuple[str, ...] | None = None) -> bool:
         key = key or finding.key
         bucket = self._buckets.get(key)

@@ -2,14 +2,14 @@
 
 Sources report; this module decides. The rules (the shipped `policy.yaml`, an
 operator's override merged over it) map a finding's (signal, code) to a class:
-`ignore | watch | app | drain | reboot | replace`. `Policy.decide(finding, now,
+`ignore | watch | app | drain | down | reboot | replace`. `Policy.decide(finding, now,
 history)` is pure: no I/O, no clock (the time is passed in), and the past it needs is
 handed in as a `History` (which the agent keeps in the node's state file and updates
 with `History.record(decision, now)` after each decision). What it does:
 
 - watch: counts the finding's key (signal, code, device) in a window; at `count` it acts
   as the rule's `escalate` class. An `app` rule may escalate on repeats the same way.
-- fence classes (drain, reboot, replace) act once per boot per key: a repeat is a
+- fence classes (drain, down, reboot, replace) act once per boot per key: a repeat is a
   `duplicate` decision (reported, not acted on). The node fenced for the same cause
   (signal, code) `refence.count` times within `refence.window_s` escalates (to replace,
   instead of yet another reboot).
@@ -43,8 +43,8 @@ from pitstop.model import PITSTOP_REASON_PREFIX, Finding
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 POLICY_VERSION = 1
 
-CLASSES = ("ignore", "watch", "app", "drain", "reboot", "replace")
-FENCE_CLASSES = frozenset({"drain", "reboot", "replace"})
+CLASSES = ("ignore", "watch", "app", "drain", "down", "reboot", "replace")
+FENCE_CLASSES = frozenset({"drain", "down", "reboot", "replace"})
 SEVERITY = {name: rank for rank, name in enumerate(CLASSES)}
 REASON_MAX = 120
 
@@ -155,7 +155,7 @@ def finding_value(finding: Finding) -> float | None:
 class Decision:
     """What to do about one finding, and all that a report of it needs."""
 
-    action_class: str  # ignore | watch | app | drain | reboot | replace
+    action_class: str  # ignore | watch | app | drain | down | reboot | replace
     reason: str  # for Slurm: "pitstop: xid 79 gpu2 GPU has fallen off the bus"
     finding: Finding
     rule: str  # the rule that decided: "xid:79"
@@ -172,7 +172,7 @@ class Decision:
 
     @property
     def fences(self) -> bool:
-        """Fence the node now (drain, reboot or replace; not a duplicate)."""
+        """Fence the node now (drain, down, reboot or replace; not a duplicate)."""
         return self.action_class in FENCE_CLASSES and not self.duplicate
 
     @property
@@ -797,7 +797,7 @@ def _compile_settings(doc: MarkedDict) -> Settings:
         raise raw.error("correlation", "settings.correlation", f"missing {', '.join(sorted(missing))}")
     fence = _class_name(corr, "fence", "settings.correlation.fence")
     if fence not in FENCE_CLASSES:
-        raise corr.error("fence", "settings.correlation.fence", "must be drain, reboot or replace")
+        raise corr.error("fence", "settings.correlation.fence", "must be drain, down, reboot or replace")
     signals = corr["hardware_signals"]
     if not isinstance(signals, list) or not all(isinstance(s, str) for s in signals):
         raise corr.error("hardware_signals", "settings.correlation.hardware_signals",

@@ -54,6 +54,7 @@ class StallDetector:
     step: int | None = None
     advanced_at: float | None = None  # when `step` was reached (heartbeat time)
     reported_step: int | None = None
+    attempt: int | None = None  # the heartbeat's attempt (a run that restarts its steps)
 
     def __post_init__(self) -> None:
         self.step_times = deque(self.step_times, maxlen=self.keep_steps)
@@ -83,19 +84,21 @@ class StallDetector:
         return [Finding(node=self.node, signal="step_stall", code="", device="",
                         message=f"step {self.step} stalled {waited:.0f}s (limit {limit:.0f}s: {basis})",
                         evidence=json.dumps(heartbeat, default=str)[:EVIDENCE_CAP] if heartbeat else "",
-                        time=now, source="progress", job_id=self.job_id)]
+                        time=now, source="progress", job_id=self.job_id, attempt=self.attempt)]
 
     def _take(self, heartbeat: dict[str, Any], now: float) -> None:
         step = _number(heartbeat.get("step"))
         if step is None:
             return
         step = int(step)
+        attempt = _number(heartbeat.get("attempt"))
         beat_time = _number(heartbeat.get("time"))
         reached_at = beat_time if beat_time is not None else now
         if self.watching_since is not None and reached_at < self.watching_since:
             # Left by the run before a requeue: this run has not made its first step yet,
             # and start-up (imports, rendezvous, loading the checkpoint) is not a stall.
             return
+        self.attempt = int(attempt) if attempt is not None else None
         if self.step is None or step < self.step:  # first beat, or a restart from a checkpoint
             self.step, self.advanced_at = step, reached_at
             self.reported_step = None

@@ -17,7 +17,7 @@ from typing import Any
 from pitstop.model import ClusterSnapshot, Health, Node
 
 # Class severity, for picking a node's worst open finding.
-SEVERITY = {"replace": 5, "reboot": 4, "drain": 3, "app": 2, "watch": 1, "ignore": 0}
+SEVERITY = {"replace": 6, "reboot": 5, "down": 4, "drain": 3, "app": 2, "watch": 1, "ignore": 0}
 STALE_AFTER_S = 120.0
 
 

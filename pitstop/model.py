@@ -181,6 +181,7 @@ class Finding:
     time: float = field(default_factory=time.time)
     source: str = ""  # kmsg, nvml, neuron, host, joblogs, progress
     job_id: str = ""
+    attempt: int | None = None  # the job's step start it was seen in (a run that restarts its steps)
 
     @property
     def key(self) -> tuple[str, str, str, str]:

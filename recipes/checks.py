@@ -165,6 +165,7 @@ def _check_training(p: _Problems) -> None:
 
 def _check_cluster(p: _Problems) -> None:
     p.at_least("cluster.nodes", 1)
+    p.at_least("cluster.spare_nodes", 0)
     p.at_least("cluster.procs_per_node", 1)
     p.at_least("cluster.gpus_per_node", 0)
     if p.get("cluster.cpus_per_task") is not None:

@@ -25,6 +25,9 @@ def job_identity() -> dict:
         "job_id": os.environ.get("SLURM_JOB_ID"),
         "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
         "restart_count": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+        # The step's starts so far (the batch script's; requeues and restarts in the
+        # allocation together), so a restart that kept the job id is still told apart.
+        "attempt": int(os.environ.get("PITSTOP_ATTEMPT") or 0),
     }
 
 
@@ -52,7 +55,8 @@ class ProgressWriter:
             step_time: float) -> None:
         record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": tokens_per_s, "step_time": step_time,
-                  "restart_count": self.identity["restart_count"], "time": time.time()}
+                  "restart_count": self.identity["restart_count"], "attempt": self.identity["attempt"],
+                  "time": time.time()}
         self._progress.write(json.dumps(record) + "\n")
         self._progress.flush()
         if self._tensorboard is not None:

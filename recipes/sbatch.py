@@ -5,18 +5,30 @@ names Slurm commands. What it guarantees:
 
 - the run directory is pinned (`PITSTOP_RUN_DIR`, absolute), so a requeued job runs the
   same script on the same directory and resumes from its newest complete checkpoint;
-- restarts are bounded: past `cluster.max_restarts` (Slurm's `SLURM_RESTART_COUNT`) it
-  says why and exits non-zero instead of looping on a run that cannot succeed;
+- it restarts in its allocation: the job asks for `cluster.nodes` and up to
+  `cluster.spare_nodes` more with `--no-kill` (a failed node does not end the job), and
+  a step that fails — a rank died, the agent ended it over a fault, a node went down — is
+  started again from the newest checkpoint on the allocation's healthy nodes, a spare in
+  place of a fenced node (`pitstop.recipes.allocation` picks them and gives the fenced
+  ones back). Only when too few healthy nodes are left, or the batch host itself is
+  fenced, does the job requeue itself. Every start and end is a line in
+  `RUN_DIR/attempts.jsonl`, whose presence tells the agent to end this job's step rather
+  than requeue it (`pitstop.rundir`);
+- restarts are bounded: past `cluster.max_restarts` starts of the step (Slurm's
+  `SLURM_RESTART_COUNT` is checked too) it says why and exits non-zero instead of
+  looping on a run that cannot succeed;
+- a step counts as finished only when the runtime says so (`RUN_DIR/last-exit` names
+  this attempt): srun can end with status 0 for a step that Slurm ended on a node failure;
 - `--signal=B:USR1@N` warns the batch shell N seconds before the time limit; the shell
   forwards USR1 (and TERM) to the srun step, torchrun forwards it to every rank, the ranks
   agree on a last checkpoint and exit, and after a USR1 the shell requeues the job
   (except at the end of a training plan's segment, `PITSTOP_SEGMENT_END` set: the
   next segment's job resumes instead).
-  After a TERM (scancel, preemption, the agent's own requeue) it only forwards: whoever
-  sent TERM decides whether the job comes back;
-- `torchrun` is the one beside the launcher's Python, so the nodes run the same venv;
-  the rendezvous is on the first host of the allocation (at its NodeAddr when its name
-  does not resolve).
+  After a TERM (scancel, preemption, a requeue) it only forwards: whoever sent TERM
+  decides whether the job comes back;
+- `torchrun` and `python` are the ones beside the launcher's Python, so the nodes run the
+  same venv; the rendezvous is on the first node of the step (at its NodeAddr when its
+  name does not resolve).
 """
 
 from __future__ import annotations
@@ -28,11 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from pitstop.recipes.errors import RecipeError
+from pitstop.rundir import ATTEMPTS, LAST_EXIT
 
 TRAIN_MODULE = "pitstop.recipes.train"
 # torchrun's default list plus SIGUSR1: torchrun forwards these to its workers.
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 EXIT_TOO_MANY_RESTARTS = 3
+
+
+def default_python() -> Path:
+    """This Python, as the venv names it (not symlink-resolved)."""
+    return Path(sys.executable).absolute()
 
 
 def default_torchrun() -> Path:
@@ -60,6 +78,7 @@ class SbatchScript:
     torchrun: Path
     nodes: int
     procs_per_node: int
+    spare_nodes: int = 0
     gpus_per_node: int = 0
     cpus_per_task: int | None = None
     time: str = "01:00:00"
@@ -71,6 +90,7 @@ class SbatchScript:
     signal_seconds: int = 60
     rdzv_port: int = 29500
     module: str = TRAIN_MODULE
+    python: Path | None = None  # runs pitstop.recipes.allocation; None: beside torchrun
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], run_dir: Path, chdir: Path | None = None,
@@ -84,6 +104,7 @@ class SbatchScript:
             torchrun=Path(torchrun).absolute() if torchrun else default_torchrun(),
             nodes=cluster["nodes"],
             procs_per_node=cluster["procs_per_node"],
+            spare_nodes=cluster["spare_nodes"],
             gpus_per_node=cluster["gpus_per_node"],
             cpus_per_task=cluster["cpus_per_task"],
             time=cluster["time"],
@@ -98,8 +119,15 @@ class SbatchScript:
 
     def directives(self) -> list[str]:
         """The `#SBATCH` options, in the order they are rendered."""
-        options = [f"--job-name={self.job_name}", f"--nodes={self.nodes}",
-                   "--ntasks-per-node=1"]
+        # With spares, N-(N+S): the job starts as soon as N nodes are free (a requeued one
+        # too, while fenced nodes are away), and holds up to S more as stand-ins. Slurm
+        # fills a node range only when the task count is left to it (one per node; the
+        # step asks for its own), so --ntasks-per-node goes with a fixed count only.
+        if self.spare_nodes:
+            options = [f"--job-name={self.job_name}", f"--nodes={self.nodes}-{self.nodes + self.spare_nodes}"]
+        else:
+            options = [f"--job-name={self.job_name}", f"--nodes={self.nodes}", "--ntasks-per-node=1"]
+        options.append("--no-kill")
         if self.exclusive:
             options.append("--exclusive")
         options.append("--requeue" if self.requeue else "--no-requeue")
@@ -117,19 +145,24 @@ class SbatchScript:
                     f"--chdir={self.chdir}"]
         return options
 
+    def python_path(self) -> Path:
+        return self.python or self.torchrun.parent / "python"
+
     def srun_command(self) -> list[list[str]]:
-        """The step, one rendered line per group: srun and torchrun, torchrun's options, the
-        module and its argument. One torchrun per node, the rendezvous on the first host."""
-        launcher = ["srun", "--kill-on-bad-exit=1"]
+        """The step, one rendered line per group: srun on the picked nodes, torchrun's
+        options, the module and its argument. One torchrun per node, the rendezvous on the
+        step's first node, a rendezvous id of its own per attempt."""
+        launcher = ["srun", "--kill-on-bad-exit=1", f"--nodes={self.nodes}", f"--ntasks={self.nodes}",
+                    "--ntasks-per-node=1", '--nodelist="$step_nodes"']
         if self.cpus_per_task is not None:
             launcher.append(f"--cpus-per-task={self.cpus_per_task}")
         launcher.append(shlex.quote(str(self.torchrun)))
         options = [
-            '--nnodes="$SLURM_NNODES"',
+            f"--nnodes={self.nodes}",
             f"--nproc-per-node={self.procs_per_node}",
             "--rdzv-backend=c10d",
             f'--rdzv-endpoint="$rdzv_host:{self.rdzv_port}"',
-            '--rdzv-id="$SLURM_JOB_ID"',
+            '--rdzv-id="$SLURM_JOB_ID.$attempt"',
             f"--signals-to-handle={TORCHRUN_SIGNALS}",
             f"--shutdown-timeout={self.signal_seconds}",
         ]
@@ -141,61 +174,63 @@ class SbatchScript:
             "#!/bin/bash",
             f"# pitstop: recipe {self.job_name}; the resolved config is "
             "$PITSTOP_RUN_DIR/config.yaml.",
-            "# A requeued job runs this same script on the same run directory and resumes",
-            "# from its newest complete checkpoint.",
+            "# A failed step starts again in this allocation (on a spare in place of a fenced",
+            "# node); a requeued job runs this same script on the same run directory. Both",
+            "# resume from the newest complete checkpoint.",
         ]
         header += [f"#SBATCH {option}" for option in self.directives()]
         srun = " \\\n    ".join(" ".join(line) for line in self.srun_command())
         if self.requeue:
+            requeue = """\
+requeue_job() {  # why, the status to end with when no restart is left
+    if (( attempt < max_restarts )); then
+        echo "pitstop: $1; requeueing job $SLURM_JOB_ID to resume from its newest checkpoint (restart $((attempt + 1)) of at most $max_restarts)" >&2
+        if scontrol requeue "$SLURM_JOB_ID"; then
+            exit 0
+        fi
+        echo "pitstop: scontrol requeue $SLURM_JOB_ID failed; the run stops here" >&2
+        exit 1
+    fi
+    echo "pitstop: $1, and job $SLURM_JOB_ID has used its $max_restarts restarts; the run stops here" >&2
+    exit "$2"
+}"""
             after_usr1 = """\
-if [[ "$caught_signal" == USR1 && -n "${PITSTOP_SEGMENT_END:-}" ]]; then
-    echo "pitstop: the step ended (status $step_status) after SIGUSR1 at the end of a training plan's segment; not requeueing: the next segment's job resumes from the newest checkpoint" >&2
-    exit 0
-fi
-if [[ "$caught_signal" == USR1 ]]; then
-    echo "pitstop: the step ended (status $step_status) after SIGUSR1; requeueing job $SLURM_JOB_ID to resume from its newest checkpoint" >&2
-    if scontrol requeue "$SLURM_JOB_ID"; then
-        exit 0
-    fi
-    echo "pitstop: scontrol requeue $SLURM_JOB_ID failed; the run stops here" >&2
-    exit 1
-fi
-if [[ -z "$caught_signal" && "$step_status" -ne 0 ]]; then
-    # A rank died (a crash, a killed process): start again from the newest checkpoint,
-    # as long as the restarts stay within cluster.max_restarts.
-    if (( restart_count < max_restarts )); then
-        echo "pitstop: the step failed (status $step_status); requeueing job $SLURM_JOB_ID to resume from its newest checkpoint (restart $((restart_count + 1)) of at most $max_restarts)" >&2
-        scontrol requeue "$SLURM_JOB_ID" && exit 0
-    fi
-    echo "pitstop: the step failed (status $step_status) and job $SLURM_JOB_ID has used its $max_restarts restarts; the run stops here" >&2
-fi"""
+        if [[ "$caught_signal" == USR1 && -n "${PITSTOP_SEGMENT_END:-}" ]]; then
+            echo "pitstop: the step ended (status $step_status) after SIGUSR1 at the end of a training plan's segment; not requeueing: the next segment's job resumes from the newest checkpoint" >&2
+            exit 0
+        fi
+        if [[ "$caught_signal" == USR1 ]]; then
+            echo "pitstop: the step ended (status $step_status) after SIGUSR1; requeueing job $SLURM_JOB_ID to resume from its newest checkpoint" >&2
+            if scontrol requeue "$SLURM_JOB_ID"; then
+                exit 0
+            fi
+            echo "pitstop: scontrol requeue $SLURM_JOB_ID failed; the run stops here" >&2
+            exit 1
+        fi"""
         else:
+            requeue = """\
+requeue_job() {  # why, the status to end with
+    echo "pitstop: $1; cluster.requeue is false, so job $SLURM_JOB_ID is not requeued; the run stops here" >&2
+    exit "$2"
+}"""
             after_usr1 = """\
-if [[ "$caught_signal" == USR1 ]]; then
-    echo "pitstop: the step ended (status $step_status) after SIGUSR1; cluster.requeue is false, so the job is not requeued" >&2
-fi"""
+        if [[ "$caught_signal" == USR1 ]]; then
+            echo "pitstop: the step ended (status $step_status) after SIGUSR1; cluster.requeue is false, so the job is not requeued" >&2
+        fi"""
         body = f"""\
 set -uo pipefail
 
 export PITSTOP_RUN_DIR={shlex.quote(str(self.run_dir))}
+python={shlex.quote(str(self.python_path()))}
+train_nodes={self.nodes}
 max_restarts={self.max_restarts}
+attempts_file="$PITSTOP_RUN_DIR/{ATTEMPTS}"
 restart_count="${{SLURM_RESTART_COUNT:-0}}"
 if (( restart_count > max_restarts )); then
     echo "pitstop: job $SLURM_JOB_ID has been restarted $restart_count times, more than cluster.max_restarts=$max_restarts; not starting it again" >&2
     exit {EXIT_TOO_MANY_RESTARTS}
 fi
 echo "pitstop: job $SLURM_JOB_ID, restart $restart_count of at most $max_restarts, run dir $PITSTOP_RUN_DIR" >&2
-
-rdzv_host="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
-if [[ -z "$rdzv_host" ]]; then
-    echo "pitstop: no first host in SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST" >&2
-    exit 1
-fi
-# A node name that does not resolve (a testbed's, say) is reached at its NodeAddr.
-if ! getent hosts "$rdzv_host" >/dev/null; then
-    rdzv_addr="$(scontrol show node "$rdzv_host" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)"
-    rdzv_host="${{rdzv_addr:-$rdzv_host}}"
-fi
 
 caught_signal=""
 wait_interrupted=""
@@ -211,24 +246,79 @@ forward_signal() {{
 trap 'forward_signal USR1' USR1
 trap 'forward_signal TERM' TERM
 
-{srun} &
-step_pid=$!
-if [[ -n "$caught_signal" ]]; then
-    kill -s "$caught_signal" "$step_pid" 2>/dev/null || true
-fi
+record() {{  # one line of the run's attempts: event, attempt, more JSON fields
+    printf '{{"event": "%s", "attempt": %d, "job_id": "%s", "restart_count": %d, "time": %s%s}}\\n' \\
+        "$1" "$2" "$SLURM_JOB_ID" "$restart_count" "$(date +%s.%N)" "${{3:-}}" >> "$attempts_file"
+}}
 
-# A trapped signal cuts `wait` short: wait again, until a wait returns the step's own status.
+{requeue}
+
 while :; do
-    wait "$step_pid"
-    step_status=$?
-    if [[ -n "$wait_interrupted" ]]; then
-        wait_interrupted=""
-        continue
+    attempt="$(grep -c '"event": "start"' "$attempts_file" 2>/dev/null)"
+    attempt="${{attempt:-0}}"
+    if (( attempt > max_restarts )); then
+        echo "pitstop: the run's step has been started $attempt times, more than cluster.max_restarts=$max_restarts; not starting it again" >&2
+        exit {EXIT_TOO_MANY_RESTARTS}
     fi
-    break
-done
+    # The allocation's healthy nodes (fenced ones are given back); status 4: too few.
+    for try in 1 2 3; do
+        placement="$("$python" -m pitstop.recipes.allocation "$SLURM_JOB_ID" "$train_nodes")"
+        placement_status=$?
+        (( placement_status == 1 )) || break
+        sleep 2
+    done
+    if (( placement_status == 4 )); then
+        requeue_job "too few healthy nodes left in the allocation" 1
+    elif (( placement_status != 0 )); then
+        echo "pitstop: could not ask Slurm for the allocation's nodes (status $placement_status); the run stops here" >&2
+        exit 1
+    fi
+    read -r step_nodes rdzv_host <<< "$placement"
+    echo "pitstop: attempt $attempt of job $SLURM_JOB_ID: the step starts on $step_nodes" >&2
+    record start "$attempt" ", \\"nodes\\": \\"$step_nodes\\""
+    export PITSTOP_ATTEMPT="$attempt"
 
+    {srun} &
+    step_pid=$!
+    if [[ -n "$caught_signal" ]]; then
+        kill -s "$caught_signal" "$step_pid" 2>/dev/null || true
+    fi
+
+    # A trapped signal cuts `wait` short: wait again, until a wait returns the step's own status.
+    while :; do
+        wait "$step_pid"
+        step_status=$?
+        if [[ -n "$wait_interrupted" ]]; then
+            wait_interrupted=""
+            continue
+        fi
+        break
+    done
+    step_pid=""
+    record end "$attempt" ", \\"status\\": $step_status"
+
+    # Finished only when the runtime says so for this attempt ("ATTEMPT REASON STEP").
+    exit_attempt="" exit_reason="" exit_step=""
+    read -r exit_attempt exit_reason exit_step 2>/dev/null < "$PITSTOP_RUN_DIR/{LAST_EXIT}" || true
+    if [[ "$step_status" -eq 0 && "$exit_attempt" == "$attempt" && "$exit_reason" == finished ]]; then
+        echo "pitstop: training finished at step $exit_step" >&2
+        exit 0
+    fi
+    if [[ "$step_status" -eq 0 && "$exit_attempt" == "$attempt" && "$exit_reason" == segment_end ]]; then
+        echo "pitstop: the training plan's segment ended at step $exit_step; the next segment's job resumes from it" >&2
+        exit 0
+    fi
+    if [[ -n "$caught_signal" ]]; then
 {after_usr1}
-exit "$step_status"
+        exit "$step_status"
+    fi
+    # A rank died, the agent ended the step over a fault, or a node went down: start
+    # again from the newest checkpoint, as long as the restarts stay within bounds.
+    if (( attempt >= max_restarts )); then
+        echo "pitstop: the step failed (status $step_status) and job $SLURM_JOB_ID has used its $max_restarts restarts; the run stops here" >&2
+        exit $(( step_status == 0 ? 1 : step_status ))
+    fi
+    echo "pitstop: the step failed (status $step_status); starting it again in the allocation from the newest checkpoint (restart $((attempt + 1)) of at most $max_restarts)" >&2
+done
 """
         return "\n".join(header) + "\n\n" + body

@@ -108,6 +108,7 @@ SCHEMA: Schema = {
     },
     "cluster": {
         "nodes": Field("int"),
+        "spare_nodes": Field("int", default=0),
         "procs_per_node": Field("int"),
         "gpus_per_node": Field("int", default=0),
         "cpus_per_task": _opt("int"),

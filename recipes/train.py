@@ -265,10 +265,13 @@ def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest,
     log.info("training from step %d to %d on %d rank(s); %s", step, trainer["max_steps"], world.world_size,
              clock.describe())
     stopped_by = None
+    ended = "finished"
     while step < trainer["max_steps"]:
         wanted = stop_wanted(stop.signal_name, segment)
         if world.any_rank(wanted is not None):
             stopped_by = wanted or "a stop on another rank"
+            ended = "segment_end" if stop.signal_name is None and segment is not None and segment.reached() \
+                else "stopped"
             stop.honoured = True
             break
         started = time.monotonic()
@@ -311,6 +314,10 @@ def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest,
     if not saved:
         log.error("the checkpoint at step %d is not complete; exiting %d", step, EXIT_SAVE_FAILED)
         return EXIT_SAVE_FAILED
+    if world.rank == 0:
+        from pitstop.rundir import write_last_exit
+
+        write_last_exit(run_dir, int(os.environ.get("PITSTOP_ATTEMPT") or 0), ended, step)
     return EXIT_OK
 
 

@@ -6,7 +6,8 @@ line, a rank that stops, a slurmd that dies), and prints what happens as it happ
 finding, the fence, the requeue, the resume from the newest checkpoint, and the loss
 carrying on. Everything it reports it reads from where a user would: Slurm, the agents'
 event logs and the run directory. The demo plays the one role a person plays on a real
-cluster: it "replaces" a node pitstop drained (resumes it) once the job runs elsewhere.
+cluster: it "replaces" a node pitstop drained or set DOWN (resumes it) once the job runs
+elsewhere.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ import psutil
 
 from pitstop.demo.timeline import Attempt, FaultInjected, StepSeen, Summary, format_summary, summarize
 from pitstop.fsutil import write_json_atomic
-from pitstop.rundir import iter_progress, list_checkpoints
+from pitstop.rundir import ATTEMPT_LINE, iter_progress, list_checkpoints, read_attempts
 from pitstop.slurm import Slurm, SlurmError
 from pitstop.testbed.cluster import Testbed
 from pitstop.testbed.config import free_port_block
 
 RECIPE = "llama3-tiny-seq256-cpu-pretrain"
 FAULT_KINDS = ["xid79", "xid48", "nccl", "stall", "slurmd"]
-AGENT_ARGS = ["--stall-floor", "15", "--stall-k", "6"]
+AGENT_ARGS = ["--stall-floor", "10", "--stall-k", "6"]
+SPARE_NODES = 1  # the job holds a stand-in, so a fenced node costs a restart, not a requeue
 # An agent stamps a decision with the start of the tick that read the line, which under
 # load can be a little before the fault was stamped here (the testbed runs --interval 2).
 TICK_S = 2.5
@@ -84,7 +86,9 @@ class Demo:
         self._node_reasons: dict[str, str] = {}
         self._checkpoints: set[int] = set()
         self._stopped_slurmd: str | None = None
-        self._restart_at_stop = 0
+        self._attempt_at_stop = 0
+        self._slurm_restarts = 0
+        self._restart_counts: dict[int, int] = {}
         self._stopped_ranks: list[int] = []
         self._rebooted: set[str] = set()  # nodes the agent rebooted: it returns them itself
         self.job_id = ""
@@ -140,6 +144,7 @@ class Demo:
     def _launch(self) -> None:
         layout = self.testbed.layout
         args = [sys.executable, "-m", "pitstop", "recipes", "launch", RECIPE, "cluster.nodes=2",
+                f"cluster.spare_nodes={SPARE_NODES}",
                 f"cluster.procs_per_node={self.options.procs_per_node}", f"trainer.max_steps={self.options.steps}", f"run.root={layout.jobs_dir / 'runs'}",
                 f"cluster.rdzv_port={free_port_block(1)}", *self.options.overrides, "--json"]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=120,
@@ -148,8 +153,8 @@ class Demo:
             raise DemoError(f"launching {RECIPE} failed:\n{proc.stderr.strip()}")
         result = json.loads(proc.stdout)
         self.job_id, self.run_dir = result["job_id"], Path(result["run_dir"])
-        self.say(f"launched {RECIPE} on 2 nodes, {self.options.procs_per_node} rank(s) each, as job "
-                 f"{self.job_id}; run dir {self.run_dir}")
+        self.say(f"launched {RECIPE} on 2 nodes, {self.options.procs_per_node} rank(s) each, and "
+                 f"{SPARE_NODES} spare, as job {self.job_id}; run dir {self.run_dir}")
 
     # --- watching -----------------------------------------------------------------------
 
@@ -192,7 +197,7 @@ class Demo:
                         self._inject(job, 0)
                         next_fault_at = time.time() + self.options.every_s
                 elif next_fault_at is not None and now >= next_fault_at and not self._fault_open() \
-                        and self._trains_again(job.restart_count):
+                        and self._trains_again(self._current_attempt()):
                     self._inject(job, len(self.faults))
                     next_fault_at = time.time() + self.options.every_s
             time.sleep(0.25)
@@ -215,18 +220,39 @@ class Demo:
             return None
 
     def _track_attempts(self, job, now: float) -> None:
-        number = job.restart_count
-        if not self.attempts or self.attempts[-1].number != number:
+        """Each start of the training step, from the batch script's own records
+        (`attempts.jsonl`): a restart in the allocation and a requeue alike. A requeue
+        that Slurm made before the script could say the step ended ends it here."""
+        if job.restart_count != self._slurm_restarts:
+            self._slurm_restarts = job.restart_count
             if self.attempts and self.attempts[-1].requeued_at is None:
                 self.attempts[-1].requeued_at = now
-            self.attempts.append(Attempt(number=number))
-        attempt = self.attempts[-1]
-        # A requeued job keeps its old start time while it is still completing.
-        if job.state == "RUNNING" and attempt.started_at is None:
-            previous = self.attempts[-2].requeued_at if len(self.attempts) > 1 else None
-            started = job.start_time or now
-            attempt.started_at = started if previous is None or started >= previous else now
-            attempt.nodes = list(job.nodes)
+        known = {a.number: a for a in self.attempts}
+        for record in read_attempts(self.run_dir):
+            number = int(record.get("attempt", 0))
+            at = float(record.get("time", now))
+            if record.get("event") == "start" and number not in known:
+                if self.attempts and self.attempts[-1].requeued_at is None:
+                    self.attempts[-1].requeued_at = at
+                nodes = [n for n in str(record.get("nodes", "")).split(",") if n]
+                known[number] = Attempt(number=number, started_at=at, nodes=nodes)
+                self.attempts.append(known[number])
+                if number:
+                    how = "in its allocation" if record.get("restart_count", 0) == self._restart_counts.get(
+                        number - 1, record.get("restart_count", 0)) else "after a requeue"
+                    self.say(f"restart {number}: the step starts again {how} on {', '.join(nodes)}")
+                self._restart_counts[number] = int(record.get("restart_count", 0))
+            elif record.get("event") == "end" and number in known and known[number].requeued_at is None:
+                known[number].requeued_at = at
+
+    def _current_attempt(self) -> int:
+        return self.attempts[-1].number if self.attempts else 0
+
+    def _step_nodes(self, job) -> list[str]:
+        """The nodes the training step runs on now (the job may hold a spare besides)."""
+        if self.attempts and self.attempts[-1].nodes and self.attempts[-1].requeued_at is None:
+            return self.attempts[-1].nodes
+        return list(job.nodes)
 
     def _trains_again(self, attempt: int) -> bool:
         """A campaign's next fault waits until the run trains again after the last one: a
@@ -241,7 +267,7 @@ class Demo:
 
     def _read_progress(self) -> None:
         for record in iter_progress(self.run_dir):
-            key = (int(record.get("step", 0)), int(record.get("restart_count", 0)))
+            key = (int(record.get("step", 0)), int(record.get("attempt", record.get("restart_count", 0))))
             if key in self._seen_steps:
                 continue
             self._seen_steps.add(key)
@@ -313,7 +339,7 @@ class Demo:
 
     def _detected(self, node: str, signal_name: str, at: float, by: str) -> None:
         expected = {"xid79": {"xid", "gpu_fallen_off_bus"}, "xid48": {"xid"}, "nccl": {"collective_timeout"},
-                    "stall": {"step_stall", "collective_timeout"}, "slurmd": {"node_down"}}
+                    "stall": {"step_stall", "collective_timeout"}, "slurmd": {"slurmd_down", "node_down"}}
         # A finding belongs to the latest matching fault injected before it; of the agents
         # that noticed one fault (a timeout shows on every rank), the earliest counts.
         matching = [f for f in self.faults if at >= f.at - TICK_S and signal_name in expected[f.kind]
@@ -340,11 +366,11 @@ class Demo:
                 self._detected(node.name, "node_down", time.time(), "slurm")
 
     def _repair(self, job) -> None:
-        """Play the operator: a drained or failed node is replaced once the job runs
+        """Play the operator: a drained, failed or DOWN node is replaced once the job runs
         elsewhere, a stopped slurmd is started again once Slurm has moved the job. A node
         the agent rebooted is left to the agent, which returns it after its checks pass."""
         assert self.slurm is not None
-        if self._stopped_slurmd and (job.restart_count > self._restart_at_stop or job.finished):
+        if self._stopped_slurmd and (self._current_attempt() > self._attempt_at_stop or job.finished):
             self.testbed.inject(self._stopped_slurmd, "slurmd-start")
             self.say(f"{self._stopped_slurmd}: slurmd started again (the node is repaired)")
             self._stopped_slurmd = None
@@ -353,8 +379,8 @@ class Demo:
         for node in self.slurm.nodes():
             if not node.fenced_by_pitstop:
                 self._rebooted.discard(node.name)  # back in service: a later fault starts afresh
-            elif (node.drained or node.failed) and node.name not in job.nodes \
-                    and node.name not in self._rebooted:
+            elif (node.drained or node.failed or node.down) and node.name not in job.nodes \
+                    and node.name not in self._rebooted and node.name != self._stopped_slurmd:
                 self.slurm.resume(node.name)
                 self.say(f"{node.name} replaced with a healthy node (resumed by the operator)")
 
@@ -368,7 +394,7 @@ class Demo:
 
     def _inject(self, job, index: int) -> None:
         kind = self.options.kinds[index % len(self.options.kinds)]
-        target = job.nodes[-1]
+        target = self._step_nodes(job)[-1]
         now = time.time()
         if kind == "xid79":
             detail = self.testbed.inject(target, "xid:79:1")
@@ -387,7 +413,7 @@ class Demo:
             self._stopped_ranks.append(ranks[-1])
             detail, text = f"SIGSTOP to pid {ranks[-1]}", "a rank that stops making progress"
         else:
-            self._restart_at_stop = job.restart_count
+            self._attempt_at_stop = self._current_attempt()
             detail = self.testbed.inject(target, "slurmd-stop")
             self._stopped_slurmd = target
             text = "its slurmd dies"
@@ -416,15 +442,19 @@ def _rank_pids(run_dir: Path) -> list[int]:
 
 def _resumed_step(out: Path, attempt: int) -> tuple[int, float]:
     """The checkpoint step restart `attempt` loaded and the seconds the load took, from
-    the runtime's own start line (`training from step N …, checkpoint load S s`)."""
+    the runtime's own start line (`training from step N …, checkpoint load S s`) after the
+    batch script's line for that attempt."""
     try:
         text = out.read_text(errors="replace")
     except OSError:
         return 0, 0.0
-    starts = [line for line in text.splitlines() if "training from step" in line]
-    if len(starts) <= attempt:
-        return 0, 0.0
-    line = starts[attempt]
-    match = re.search(r"training from step (\d+)", line)
-    load = re.search(r"checkpoint load ([0-9.]+) s", line)
-    return (int(match.group(1)) if match else 0), (float(load.group(1)) if load else 0.0)
+    current = None
+    for line in text.splitlines():
+        started = ATTEMPT_LINE.match(line)
+        if started is not None:
+            current = int(started.group(1))
+        elif current == attempt and "training from step" in line:
+            match = re.search(r"training from step (\d+)", line)
+            load = re.search(r"checkpoint load ([0-9.]+) s", line)
+            return (int(match.group(1)) if match else 0), (float(load.group(1)) if load else 0.0)
+    return 0, 0.0

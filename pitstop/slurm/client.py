@@ -227,6 +227,40 @@ class Slurm:
             args.append("--batch")
         self.run(args + [str(job_id)])
 
+    def steps(self, job_id: str) -> dict[str, list[str]]:
+        """The job's running srun steps (`JOB.N`, not its batch or extern step), each with
+        the nodes it runs on."""
+        _check_job(job_id)
+        out = self.run(["squeue", "--noheader", "--steps", f"--jobs={job_id}", "--format=%i %N"])
+        pattern = re.compile(rf"{re.escape(str(job_id))}\.\d+")
+        steps = {}
+        for line in out.splitlines():
+            step, _, nodes = line.strip().partition(" ")
+            if pattern.fullmatch(step):
+                steps[step] = expand(nodes.strip()) if nodes.strip() else []
+        return steps
+
+    def kill_steps(self, job_id: str, steps: Sequence[str] | None = None) -> list[str]:
+        """SIGKILL the job's srun steps (all running ones unless named), never its batch
+        shell: the script that launched them decides what comes next. The steps killed."""
+        targets = list(steps) if steps is not None else list(self.steps(job_id))
+        for step in targets:
+            if not re.fullmatch(rf"{re.escape(str(job_id))}\.\d+", step):
+                raise ValueError(f"not a step of job {job_id}: {step!r}")
+        if targets:
+            self.run(["scancel", "--signal=KILL", *targets])
+        return targets
+
+    def shrink_job(self, job_id: str, keep: Sequence[str]) -> None:
+        """Give back every node of a running job's allocation but `keep`. scontrol leaves
+        its `slurm_job_ID_resize.*` scripts in its working directory: a temporary one."""
+        import tempfile
+
+        _check_job(job_id)
+        nodes = _node_arg(list(keep))
+        with tempfile.TemporaryDirectory(prefix="pitstop-resize-") as cwd:
+            self.run(["scontrol", "update", f"jobid={job_id}", f"NodeList={nodes}"], cwd=cwd)
+
     def hold(self, job_id: str) -> None:
         _check_job(job_id)
         self.run(["scontrol", "hold", str(job_id)])

@@ -103,7 +103,10 @@ class Testbed:
                 "--boot-id-file", str(self.boot_id_file(layout, node)),
                 "--state-dir", str(layout.agent_state_dir(node)), "--port", str(port),
                 "--jobs-interval", "1", "--interval", "2", "--nvml", "off", "--neuron", "off",
-                "--return-check-config", str(layout.hooks_config)]
+                "--return-check-config", str(layout.hooks_config),
+                # The node's own slurmd, watched for its death; a short grace keeps the
+                # testbed's detection quick (slurmd restarts there take well under a second).
+                "--slurmd-pidfile", str(layout.slurmd_pid(node)), "--slurmd-grace", "2"]
         if layout.gpus_per_node:
             args += ["--expected-gpus", str(layout.gpus_per_node),
                      "--accelerator-glob", str(layout.dev_dir / "nvidia[0-9]*")]

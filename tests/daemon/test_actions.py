@@ -33,6 +33,30 @@ def test_drain_fence_requeues_the_job_elsewhere(slurm, testbed):
     assert job.restart_count == 1
 
 
+def test_a_job_that_restarts_in_its_allocation_loses_only_its_step_on_the_fenced_node(slurm, testbed):
+    """No requeue: the step on the fenced node is killed (its batch script would start it
+    again elsewhere in the allocation); the job and its step on the other node go on."""
+    script = Path(testbed.layout.jobs_dir) / "inplace.sh"
+    script.write_text("#!/bin/bash\nsrun -N1 -n1 -w node2 sleep 300 &\nsrun -N1 -n1 -w node3 sleep 300 &\n"
+                      "wait\nsleep 300\n")
+    job_id = slurm.submit(script, ["-J", "inplace", "-N2", "-w", "node2,node3", "--no-kill", "--requeue",
+                                   "-o", str(testbed.layout.jobs_dir / "%x-%j.out")], cwd=testbed.layout.jobs_dir)
+    try:
+        slurm.wait_for(lambda s: len(s.steps(job_id)) == 2, 20, what="both steps to run")
+        actions = NodeActions(slurm, "node2", settle_s=0.2, restarts_in_allocation=lambda job: job.job_id == job_id)
+        outcomes = actions.fence("drain", "pitstop: xid 48 gpu0 DBE")
+        assert [o.action for o in outcomes] == ["drain", "end_step"] and all(o.ok for o in outcomes)
+        assert "ended step" in outcomes[1].detail
+        left = slurm.wait_for(lambda s: len(steps := s.steps(job_id)) == 1 and steps, 20,
+                              what="the step on node2 to end")
+        assert list(left.values()) == [["node3"]]
+        job = slurm.job(job_id)
+        assert job.running and job.restart_count == 0
+    finally:
+        slurm.cancel(job_id)
+        slurm.resume("node2")
+
+
 def test_no_requeue_job_is_left_running(slurm, testbed):
     job_id = _job(slurm, testbed, "-N1", "-w", "node3", "--no-requeue", name="norequeue")
     slurm.wait_for(lambda s: s.job(job_id).running, 20, what="job to run")

@@ -40,3 +40,35 @@ def test_missing_default_file_is_fine_but_a_named_one_is_not(tmp_path):
         assert load_config(DEFAULT_CONFIG, {}) == AgentConfig()
     with pytest.raises(DataFileError, match="nope.yaml: cannot read"):
         load_config(tmp_path / "nope.yaml", {})
+
+
+def test_the_slurmd_watch_settings(tmp_path):
+    assert (AgentConfig().slurmd_pidfile, AgentConfig().slurmd_grace_s) == ("/run/slurmd.pid", 3.0)
+    path = tmp_path / "agent.yaml"
+    path.write_text("slurmd_pidfile: ''\nslurmd_grace_s: 5\n")
+    config = load_config(path, {})
+    assert (config.slurmd_pidfile, config.slurmd_grace_s) == ("", 5)
+    path.write_text("slurmd_grace_s: soon\n")
+    with pytest.raises(DataFileError, match="slurmd_grace_s"):
+        load_config(path, {})
+
+
+def test_the_slurmd_flags_reach_their_settings():
+    from click.testing import CliRunner
+
+    from pitstop.daemon import cli
+
+    seen = {}
+    original = cli.run.callback
+
+    def capture(config_path, **flags):
+        seen.update({cli._FLAG_TO_SETTING.get(k, k): v for k, v in flags.items()})
+
+    cli.run.callback = capture
+    try:
+        result = CliRunner().invoke(cli.agent, ["run", "--slurmd-pidfile", "/tmp/x.pid", "--slurmd-grace", "2"])
+    finally:
+        cli.run.callback = original
+    assert result.exit_code == 0, result.output
+    config = load_config(None, {k: seen[k] for k in ("slurmd_pidfile", "slurmd_grace_s")})
+    assert (config.slurmd_pidfile, config.slurmd_grace_s) == ("/tmp/x.pid", 2.0)

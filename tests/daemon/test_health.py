@@ -73,6 +73,10 @@ def test_a_fenced_reboot_whose_agent_died_is_checked_after_the_boot(tmp_path):
     ([(Health.FENCED, "reboot")], (Health.CHECKING, None)),
     ([(Health.FENCED, "replace")], (Health.REBOOTING, None)),
     ([(Health.FENCED, "replace")], (Health.CHECKING, None)),
+    ([(Health.FENCED, "down")], (Health.FENCED, "drain")),
+    ([(Health.FENCED, "down")], (Health.REBOOTING, None)),
+    ([(Health.FENCED, "down")], (Health.CHECKING, None)),
+    ([(Health.FENCED, "down")], (Health.OK, None)),
     ([], (Health.FENCED, None)),
     ([], (Health.FENCED, "watch")),
     ([(Health.SUSPECT, None)], (Health.CHECKING, None)),
@@ -107,6 +111,21 @@ def test_fences_only_get_worse(tmp_path):
     assert store.state.fence_class == "reboot"
     store.apply(decision("row_remap_failure"), 4.0)
     assert store.state.fence_class == "replace"
+
+
+def test_down_sits_between_drain_and_reboot(tmp_path):
+    store = HealthStore(tmp_path, "node1")
+    store.apply(decision("xid", "48"), 1.0)
+    assert store.apply(decision("slurmd_down", now=2.0), 2.0)
+    assert (store.health, store.state.fence_class) == (Health.FENCED, "down")
+    assert not store.apply(decision("xid", "74", now=3.0), 3.0)  # drain is not worse
+    assert store.state.fence_class == "down"
+    assert store.apply(decision("xid", "79", now=4.0), 4.0)
+    assert store.state.fence_class == "reboot"
+    assert not store.apply(decision("slurmd_down", now=5.0), 5.0)
+    assert store.state.fence_class == "reboot"
+    store.transition(Health.OK, 6.0, by_operator=True)  # the operator's resume ends any fence
+    assert store.health == Health.OK
 
 
 def test_dry_run_records_what_it_would_do_and_keeps_the_health(tmp_path):
@@ -178,7 +197,7 @@ def test_the_policy_history_rides_in_the_state_file(tmp_path):
     assert POLICY.decide(d.finding, 200.0, loaded).duplicate
 
 
-@pytest.mark.parametrize("klass", ["drain", "reboot", "replace"])
+@pytest.mark.parametrize("klass", ["drain", "down", "reboot", "replace"])
 def test_a_fence_that_was_not_applied_falls_back_to_suspect(tmp_path, klass):
     store = HealthStore(tmp_path, "node1")
     store.transition(Health.FENCED, 1.0, fence_class=klass, reason="pitstop: x")

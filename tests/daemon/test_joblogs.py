@@ -40,6 +40,24 @@ def test_every_rank_printing_the_timeout_is_one_finding_per_job():
     assert len(watcher.findings("43", lines, now=1.0)) == 1  # another job is another finding
 
 
+def test_a_restarted_step_is_a_new_attempt_whose_timeouts_are_new_findings():
+    """A run that restarts in its allocation keeps its job id: the batch script's line for
+    each start marks the attempt, so the same timeout in the next attempt is a finding
+    again (inside the quiet window) and each finding says which attempt it came from."""
+    watcher = JobLogWatcher("node1")
+    first = watcher.findings("42", ["pitstop: attempt 0 of job 42: the step starts on node1,node2",
+                                    WATCHDOG, WATCHDOG], now=1.0)
+    assert [(f.code, f.attempt) for f in first] == [("nccl_watchdog", 0)]
+    assert watcher.findings("42", [WATCHDOG], now=2.0) == []  # same attempt: same episode
+    again = watcher.findings("42", [WATCHDOG, "pitstop: attempt 1 of job 42: the step starts on node1,node3",
+                                    WATCHDOG], now=3.0)
+    assert [(f.code, f.attempt) for f in again] == [("nccl_watchdog", 1)]
+    assert watcher.new_attempts == [("42", 0), ("42", 1)]
+    # Another job's marker (a job id that only looks alike) is just a line.
+    assert watcher.findings("4", ["pitstop: attempt 5 of job 42: the step starts on node9"], now=4.0) == []
+    assert watcher.new_attempts == [("42", 0), ("42", 1)]
+
+
 def test_a_file_that_appears_later_is_read_from_its_start(tmp_path):
     out = tmp_path / "slurm-42.out"
     watcher = JobLogWatcher("node1")

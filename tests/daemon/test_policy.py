@@ -93,6 +93,7 @@ def test_xid_154_is_decided_by_its_text(text, klass):
     ("kmsg_gap", "", "", "watch"),
     ("disk_low", "", "", "watch"),
     ("step_stall", "", "", "app"),
+    ("slurmd_down", "", "", "down"),
     ("collective_timeout", "nccl_watchdog", "", "app"),
     ("a_signal_nobody_named", "", "", "watch"),
 ])
@@ -363,7 +364,7 @@ def test_the_shipped_policy_names_every_signal_of_the_contract():
                 "row_remap_pending", "row_remap_failure", "throttle", "pcie_link_degraded",
                 "nvlink_down", "temperature_high", "recovery_action", "accelerator_count_low",
                 "neuron_ecc", "disk_low", "memory_low", "collective_timeout", "ib_error",
-                "step_stall"}
+                "step_stall", "slurmd_down"}
     assert contract <= set(POLICY.signals)
     for rules in POLICY.signals.values():
         for rule in [rules.rule, rules.default, *rules.exact.values(), *(s[2] for s in rules.spans)]:
@@ -378,6 +379,25 @@ def test_a_node_fenced_this_boot_is_not_fenced_again_for_a_lesser_cause():
     assert lesser.action_class == "drain" and lesser.duplicate and "already fenced (drain)" in lesser.detail
     worse = feed(history, finding("xid", "79"), 30.0)
     assert worse.action_class == "reboot" and worse.fences
+
+
+def test_down_ranks_between_drain_and_reboot():
+    history = History(boot_id="b1")
+    assert feed(history, finding("xid", "48"), 10.0).fences  # drained
+    down = feed(history, finding("slurmd_down", device=""), 20.0)
+    assert down.action_class == "down" and down.fences  # worse than a drain
+    lesser = feed(history, finding("xid", "74"), 30.0)
+    assert lesser.duplicate and "already fenced (down)" in lesser.detail
+    assert feed(history, finding("xid", "79"), 40.0).fences  # reboot is worse than down
+    assert feed(history, finding("slurmd_down", device="", code="x"), 50.0).duplicate
+
+
+def test_down_is_a_class_an_override_may_name(tmp_path):
+    override = tmp_path / "override.yaml"
+    override.write_text("version: 1\nsettings:\n  correlation: {fence: down}\nrules:\n  fs_error: down\n")
+    merged = Policy.load(override)
+    assert merged.decide(finding("fs_error", "ext4"), 0.0, History()).action_class == "down"
+    assert merged.settings.correlation.fence == "down"
 
 
 def test_back_in_service_lets_a_recurrence_fence_again():

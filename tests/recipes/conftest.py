@@ -34,7 +34,7 @@ TINY_CONFIG = {
                 "log_every": 1, "tensorboard": False,
                 "checkpoint": {"interval": 4, "keep": 2, "async": True}, "step_delay": 0.0},
     "parallel": {"data": -1, "fsdp": 1, "tensor": 1, "context": 1, "expert": 1},
-    "cluster": {"nodes": 1, "procs_per_node": 2, "gpus_per_node": 0, "cpus_per_task": None,
+    "cluster": {"nodes": 1, "spare_nodes": 0, "procs_per_node": 2, "gpus_per_node": 0, "cpus_per_task": None,
                 "partition": None, "reservation": None, "time": "00:10:00", "exclusive": False,
                 "requeue": True, "max_restarts": 3, "signal_seconds": 60, "rdzv_port": 29500},
     "run": {"dir": None, "root": "./runs"},

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pitstop.rundir import iter_progress, latest_complete_checkpoint, list_checkpoints, read_heartbeat
+from pitstop.rundir import iter_progress, latest_complete_checkpoint, list_checkpoints, read_attempts, read_heartbeat
 from pitstop.testbed.config import free_port_block
 from pitstop.waiting import wait_until
 
@@ -58,7 +58,7 @@ def wait_step(run_dir: Path, step: int, timeout: float = 120) -> None:
 
 def assert_same_losses_after_resume(run_dir: Path, baseline: dict[int, float]) -> int:
     records = list(iter_progress(run_dir))
-    resumed = [r for r in records if r["restart_count"] >= 1]
+    resumed = [r for r in records if r["attempt"] >= 1]  # a requeue or a restart in the allocation
     assert resumed, "no step was logged after the restart"
     first = resumed[0]["step"]
     checkpoint_steps = [c.step for c in list_checkpoints(run_dir)]
@@ -121,7 +121,12 @@ def test_killed_rank_resumes_from_the_newest_checkpoint(testbed, slurm, baseline
     ranks = wait_until(lambda: _rank_processes(run_dir), 10, what="the training ranks")
     ranks[-1].send_signal(signal.SIGKILL)
     job = wait_finished(slurm, job_id)
-    assert job.state == "COMPLETED" and job.restart_count == 1
+    # The batch script started the step again in its allocation: no requeue, same nodes.
+    assert job.state == "COMPLETED" and job.restart_count == 0
+    starts = [r for r in read_attempts(run_dir) if r["event"] == "start"]
+    assert [r["attempt"] for r in starts] == [0, 1] and starts[0]["nodes"] == starts[1]["nodes"]
+    ends = [r for r in read_attempts(run_dir) if r["event"] == "end"]
+    assert ends[0]["status"] != 0 and ends[-1]["status"] == 0
     first = assert_same_losses_after_resume(run_dir, losses(baseline))
     assert first == 11  # the newest complete checkpoint before the kill was step 10
 

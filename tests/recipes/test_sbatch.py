@@ -1,6 +1,6 @@
 """The sbatch script: golden files for the collection, its directives, and its signal,
-requeue and restart-bound logic run by bash against stand-in `srun` and `scontrol`
-scripts (no Slurm here: the lead tests real submissions on the testbed).
+restart, requeue and restart-bound logic run by bash against stand-in `srun`, `scontrol`
+and `python` scripts (no Slurm here: tests/recipes/test_launch_e2e.py runs real jobs).
 
 `PITSTOP_UPDATE_GOLDEN=1 pytest tests/recipes/test_sbatch.py` rewrites the golden files.
 """
@@ -8,6 +8,7 @@ scripts (no Slurm here: the lead tests real submissions on the testbed).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,12 +96,23 @@ def test_optional_directives_follow_the_config():
 def test_run_dir_is_pinned_and_torchrun_line():
     text = _script(TINY).render()
     assert f"export PITSTOP_RUN_DIR={RUN_DIR}\n" in text
-    assert (f"srun --kill-on-bad-exit=1 --cpus-per-task=2 {TORCHRUN} \\\n"
-            '    --nnodes="$SLURM_NNODES" \\\n    --nproc-per-node=2 \\\n'
+    assert (f'srun --kill-on-bad-exit=1 --nodes=2 --ntasks=2 --ntasks-per-node=1 --nodelist="$step_nodes" '
+            f"--cpus-per-task=2 {TORCHRUN} \\\n"
+            "    --nnodes=2 \\\n    --nproc-per-node=2 \\\n"
             "    --rdzv-backend=c10d \\\n" '    --rdzv-endpoint="$rdzv_host:29500" \\\n'
-            '    --rdzv-id="$SLURM_JOB_ID" \\\n') in text
+            '    --rdzv-id="$SLURM_JOB_ID.$attempt" \\\n') in text
     assert '-m pitstop.recipes.train "$PITSTOP_RUN_DIR" &' in text
-    assert 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1' in text
+    assert '"$python" -m pitstop.recipes.allocation "$SLURM_JOB_ID" "$train_nodes"' in text
+    assert "python=/opt/pitstop/venv/bin/python\n" in text
+
+
+def test_spare_nodes_are_allocated_but_the_step_keeps_its_size():
+    script = _script(TINY, ["cluster.spare_nodes=1"])
+    lines = _directives(script)
+    assert "--nodes=2-3" in lines and "--no-kill" in lines
+    assert not any(line.startswith("--ntasks") for line in lines)  # Slurm fills a range only so
+    assert "train_nodes=2\n" in script.render()
+    assert "--nnodes=2 " in script.render() and "--nodes=2 --ntasks=2" in script.render()
 
 
 def test_default_torchrun_is_beside_this_python():
@@ -121,44 +133,67 @@ def test_run_dir_sbatch_cannot_take_is_refused(bad):
         SbatchScript.from_config(compose(TINY), Path(bad), chdir=CHDIR, torchrun=TORCHRUN)
 
 
-# --- the script's behaviour, run by bash with stand-in srun and scontrol ---------------
+# --- the script's behaviour, run by bash with stand-in srun, scontrol and python -------
+# The stand-in python answers for pitstop.recipes.allocation; the stand-in srun plays the
+# runtime: it writes `last-exit` for its attempt when it ends with status 0, fails the
+# first FAKE_FAILS starts, and with FAKE_NO_EXIT_LINE ends 0 without saying it finished
+# (as srun does for a step that Slurm ended on a node failure).
 
 FAKE_SRUN = """#!/bin/bash
-echo "$@" > "$FAKE_LOG/srun.args"
+echo "$@" >> "$FAKE_LOG/srun.args"
+echo "$PITSTOP_ATTEMPT" >> "$FAKE_LOG/srun.attempts"
 trap 'echo USR1 > "$FAKE_LOG/step.signal"; exit 1' USR1
 trap 'echo TERM > "$FAKE_LOG/step.signal"; exit 143' TERM
 touch "$FAKE_LOG/step.started"
 if [[ -n "${FAKE_STEP_WAIT:-}" ]]; then
     while :; do sleep 0.05; done
 fi
-exit "${FAKE_STEP_STATUS:-0}"
+starts=$(wc -l < "$FAKE_LOG/srun.attempts")
+if (( starts <= ${FAKE_FAILS:-0} )); then
+    exit 1
+fi
+status="${FAKE_STEP_STATUS:-0}"
+if [[ "$status" == 0 && -z "${FAKE_NO_EXIT_LINE:-}" ]]; then
+    echo "$PITSTOP_ATTEMPT finished 12" > "$PITSTOP_RUN_DIR/last-exit"
+fi
+exit "$status"
 """
 
 FAKE_SCONTROL = """#!/bin/bash
 echo "$@" >> "$FAKE_LOG/scontrol.calls"
-if [[ "$1 $2" == "show hostnames" ]]; then
-    echo "${FAKE_FIRST_HOST:-node-a}"
-    echo node-b
-elif [[ "$1 $2" == "show node" ]]; then
-    echo "NodeName=$3 Arch=x86_64 CoresPerSocket=1"
-    echo "   NodeAddr=10.1.2.3 NodeHostName=$3 Version=24.05"
-fi
 """
+
+FAKE_PYTHON = """#!/bin/bash
+echo "$@" >> "$FAKE_LOG/python.calls"
+if [[ -n "${FAKE_PLACEMENT_STATUS:-}" ]]; then
+    echo "pitstop: job $3 cannot run its next step in its allocation: 1 usable node(s) left" >&2
+    exit "$FAKE_PLACEMENT_STATUS"
+fi
+echo "${FAKE_PLACEMENT:-node-a,node-b 10.1.2.3}"
+"""
+
+
+def _fake_bin(bin_dir: Path, **scripts: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
 
 
 @pytest.fixture()
 def fake_slurm(tmp_path):
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    _fake_bin(bin_dir, srun=FAKE_SRUN, scontrol=FAKE_SCONTROL, python=FAKE_PYTHON)
     log = tmp_path / "log"
     log.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    script = SbatchScript.from_config(compose(TINY, ["cluster.max_restarts=2"]), run_dir, chdir=tmp_path,
+                                      torchrun=TORCHRUN)
     script_path = tmp_path / "job.sbatch"
-    script_path.write_text(_script(TINY, ["cluster.max_restarts=2"]).render())
+    script_path.write_text(replace(script, python=bin_dir / "python").render())
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
-           "SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node-[a-b]"}
+           "SLURM_JOB_ID": "4242", "SLURM_NNODES": "3", "SLURM_JOB_NODELIST": "node-[a-c]"}
     env.pop("SLURM_RESTART_COUNT", None)
     return script_path, log, env
 
@@ -168,6 +203,11 @@ def _start(script_path: Path, env: dict) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def _run(script_path: Path, env: dict, **more: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(script_path)], env={**env, **more}, capture_output=True,
+                          text=True, timeout=30)
+
+
 def _wait_for(path: Path, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -175,39 +215,77 @@ def _wait_for(path: Path, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_plain_run_starts_torchrun_on_the_first_host_and_exits_with_the_step(fake_slurm):
+def _attempts(script_path: Path) -> list[dict]:
+    from pitstop.rundir import read_attempts
+
+    return read_attempts(script_path.parent / "run")
+
+
+def _calls(log: Path, name: str) -> str:
+    path = log / f"{name}.calls"
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_finished_step_ends_the_job_and_is_recorded(fake_slurm):
     script_path, log, env = fake_slurm
-    # With its restarts used up, a failed step ends the job with the step's status.
-    result = subprocess.run(["bash", str(script_path)],
-                            env={**env, "FAKE_STEP_STATUS": "5", "SLURM_RESTART_COUNT": "2"},
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 5
-    assert "has used its 2 restarts" in result.stderr
+    result = _run(script_path, env)
+    assert result.returncode == 0, result.stderr
+    assert "training finished at step 12" in result.stderr
     args = (log / "srun.args").read_text()
+    assert "--nodes=2 --ntasks=2 --ntasks-per-node=1 --nodelist=node-a,node-b" in args
     assert f"{TORCHRUN} --nnodes=2 --nproc-per-node=2" in args
-    # node-a does not resolve here, so the rendezvous is at its NodeAddr.
-    assert "--rdzv-endpoint=10.1.2.3:29500 --rdzv-id=4242" in args
-    assert args.strip().endswith(f"-m pitstop.recipes.train {RUN_DIR}")
-    assert "requeue" not in (log / "scontrol.calls").read_text()
+    assert "--rdzv-endpoint=10.1.2.3:29500 --rdzv-id=4242.0" in args
+    assert args.strip().endswith(f"-m pitstop.recipes.train {script_path.parent / 'run'}")
+    assert _calls(log, "python").split() == ["-m", "pitstop.recipes.allocation", "4242", "2"]
+    records = _attempts(script_path)
+    assert [(r["event"], r["attempt"]) for r in records] == [("start", 0), ("end", 0)]
+    assert records[0]["nodes"] == "node-a,node-b" and records[1]["status"] == 0
+    assert records[0]["job_id"] == "4242" and records[0]["time"] <= records[1]["time"]
+    assert "requeue" not in _calls(log, "scontrol")
 
 
-def test_a_failed_step_requeues_while_restarts_remain(fake_slurm):
+def test_a_failed_step_starts_again_in_the_allocation(fake_slurm):
     script_path, log, env = fake_slurm
-    result = subprocess.run(["bash", str(script_path)],
-                            env={**env, "FAKE_STEP_STATUS": "1", "SLURM_RESTART_COUNT": "1"},
-                            capture_output=True, text=True, timeout=30)
+    result = _run(script_path, env, FAKE_FAILS="2")
     assert result.returncode == 0, result.stderr
-    assert "requeue 4242" in (log / "scontrol.calls").read_text()
-    assert "restart 2 of at most 2" in result.stderr
+    assert (log / "srun.attempts").read_text().split() == ["0", "1", "2"]
+    assert "--rdzv-id=4242.2" in (log / "srun.args").read_text().splitlines()[-1]
+    assert "starting it again in the allocation from the newest checkpoint (restart 2 of at most 2)" in result.stderr
+    assert [r["status"] for r in _attempts(script_path) if r["event"] == "end"] == [1, 1, 0]
+    assert "requeue" not in _calls(log, "scontrol")  # no queue wait, no new allocation
 
 
-def test_a_first_host_that_resolves_is_used_by_name(fake_slurm):
+def test_a_step_that_ends_0_without_finishing_is_started_again(fake_slurm):
     script_path, log, env = fake_slurm
-    result = subprocess.run(["bash", str(script_path)], env={**env, "FAKE_FIRST_HOST": "localhost"},
-                            capture_output=True, text=True, timeout=30)
+    result = _run(script_path, env, FAKE_NO_EXIT_LINE="1")
+    assert result.returncode == 1, result.stderr  # never finished: the restarts run out
+    assert (log / "srun.attempts").read_text().split() == ["0", "1", "2"]
+    assert "has used its 2 restarts" in result.stderr
+
+
+def test_a_step_that_keeps_failing_stops_at_the_bound(fake_slurm):
+    script_path, log, env = fake_slurm
+    result = _run(script_path, env, FAKE_STEP_STATUS="5")
+    assert result.returncode == 5
+    assert "the step failed (status 5) and job 4242 has used its 2 restarts" in result.stderr
+    assert len((log / "srun.attempts").read_text().split()) == 3
+
+
+def test_too_few_healthy_nodes_requeues_the_job(fake_slurm):
+    script_path, log, env = fake_slurm
+    result = _run(script_path, env, FAKE_PLACEMENT_STATUS="4")
     assert result.returncode == 0, result.stderr
-    assert "--rdzv-endpoint=localhost:29500" in (log / "srun.args").read_text()
-    assert "show node" not in (log / "scontrol.calls").read_text()
+    assert "requeue 4242" in _calls(log, "scontrol")
+    assert "too few healthy nodes left in the allocation; requeueing job 4242" in result.stderr
+    assert not (log / "srun.args").exists()
+
+
+def test_an_unreachable_slurm_stops_the_run_after_retries(fake_slurm):
+    script_path, log, env = fake_slurm
+    result = _run(script_path, env, FAKE_PLACEMENT_STATUS="1")
+    assert result.returncode == 1
+    assert len(_calls(log, "python").splitlines()) == 3
+    assert "could not ask Slurm for the allocation's nodes" in result.stderr
 
 
 @pytest.mark.parametrize("sig, requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
@@ -222,7 +300,7 @@ def test_signal_is_forwarded_to_the_step(fake_slurm, sig, requeued):
     finally:
         process.kill()
     assert (log / "step.signal").read_text().strip() == sig.name.removeprefix("SIG")
-    calls = (log / "scontrol.calls").read_text()
+    calls = _calls(log, "scontrol")
     if requeued:
         assert "requeue 4242" in calls, stderr
         assert process.returncode == 0
@@ -230,18 +308,28 @@ def test_signal_is_forwarded_to_the_step(fake_slurm, sig, requeued):
     else:
         assert "requeue" not in calls
         assert process.returncode == 143
+    assert len((log / "srun.attempts").read_text().split()) == 1  # a signal is no fault
 
 
 def test_restarts_past_the_bound_stop_before_srun(fake_slurm):
     script_path, log, env = fake_slurm
-    result = subprocess.run(["bash", str(script_path)], env={**env, "SLURM_RESTART_COUNT": "3"},
-                            capture_output=True, text=True, timeout=30)
+    result = _run(script_path, env, SLURM_RESTART_COUNT="3")
     assert result.returncode == 3
     assert "restarted 3 times, more than cluster.max_restarts=2" in result.stderr
     assert not (log / "srun.args").exists()
-    ok = subprocess.run(["bash", str(script_path)], env={**env, "SLURM_RESTART_COUNT": "2"},
-                        capture_output=True, text=True, timeout=30)
+    ok = _run(script_path, env, SLURM_RESTART_COUNT="2")
     assert ok.returncode == 0 and (log / "srun.args").exists()
+
+
+def test_starts_of_earlier_runs_count_against_the_bound(fake_slurm):
+    """A requeued job runs the script again on the same run directory: the starts it
+    made before count, so a run that keeps failing cannot restart forever."""
+    script_path, log, env = fake_slurm
+    first = _run(script_path, env, FAKE_STEP_STATUS="5")
+    assert first.returncode == 5
+    again = _run(script_path, env, SLURM_RESTART_COUNT="1")
+    assert again.returncode == 3
+    assert "started 3 times, more than cluster.max_restarts=2" in again.stderr
 
 
 # --- the whole signal chain, with the real torchrun and the real runtime on the CPU ----
@@ -272,16 +360,16 @@ def test_usr1_reaches_the_ranks_through_torchrun_and_the_job_requeues(tmp_path):
     bin_dir, log, run_dir = tmp_path / "bin", tmp_path / "log", tmp_path / "run"
     bin_dir.mkdir()
     log.mkdir()
-    for name, text in (("srun", PASS_THROUGH_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    _fake_bin(bin_dir, srun=PASS_THROUGH_SRUN, scontrol=FAKE_SCONTROL, python=FAKE_PYTHON)
     cfg = compose(TINY, ["cluster.nodes=1", "trainer.max_steps=100000",
                          "trainer.checkpoint.interval=100000", "trainer.step_delay=0.1",
                          "trainer.tensorboard=false", f"cluster.rdzv_port={_free_port()}"])
     render_to(cfg, run_dir, chdir=tmp_path)
+    job = run_dir / "job.sbatch"
+    job.write_text(re.sub(r"^python=.*$", f"python={bin_dir / 'python'}", job.read_text(), flags=re.M))
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
            "SLURM_JOB_ID": "77", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost",
-           "FAKE_FIRST_HOST": "localhost"}
+           "FAKE_PLACEMENT": "localhost 127.0.0.1"}
     env.pop("SLURM_RESTART_COUNT", None)
     process = subprocess.Popen(["bash", str(run_dir / "job.sbatch")], env=env, cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -1,0 +1,56 @@
+"""Which nodes of its allocation a run's next step gets: the healthy ones, in order, the
+fenced ones given back; too few, or a fenced batch host, means a requeue."""
+
+from __future__ import annotations
+
+from pitstop.model import Job, Node
+from pitstop.recipes.allocation import pick, rendezvous_address
+
+
+def _nodes(**states: str) -> dict[str, Node]:
+    out = {}
+    for name, label in states.items():
+        state, *flags = label.split("+")
+        out[name] = Node(name=name, state=state.upper(), flags=[f.upper() for f in flags], address="10.0.0.9")
+    return out
+
+
+JOB = Job(job_id="7", nodes=["n1", "n2", "n3"], batch_host="n1")
+
+
+def test_all_healthy_takes_the_first_nodes_and_keeps_the_spare():
+    chosen = pick(JOB, _nodes(n1="mixed", n2="allocated", n3="allocated"), 2)
+    assert chosen.fits and chosen.step == ["n1", "n2"] and chosen.give_back == []
+
+
+def test_a_drained_node_is_replaced_by_the_spare_and_given_back():
+    chosen = pick(JOB, _nodes(n1="mixed", n2="mixed+drain", n3="allocated"), 2)
+    assert chosen.step == ["n1", "n3"] and chosen.give_back == ["n2"]
+
+
+def test_down_failed_rebooting_and_unresponsive_nodes_are_not_used():
+    for label in ("down", "mixed+fail", "mixed+reboot_issued", "mixed+not_responding", "mixed+draining"):
+        chosen = pick(JOB, _nodes(n1="mixed", n2=label, n3="allocated"), 2)
+        assert chosen.step == ["n1", "n3"], label
+
+
+def test_too_few_healthy_nodes_means_a_requeue():
+    chosen = pick(JOB, _nodes(n1="mixed", n2="mixed+drain", n3="down"), 2)
+    assert not chosen.fits
+    assert "1 usable node(s) left in the allocation (n1), 2 needed" in chosen.unusable_reason
+    assert chosen.give_back == ["n2", "n3"]
+
+
+def test_a_fenced_batch_host_means_a_requeue_even_with_enough_nodes():
+    chosen = pick(JOB, _nodes(n1="mixed+drain", n2="mixed", n3="allocated"), 2)
+    assert not chosen.fits and "the batch host n1 is no longer usable (mixed+drain)" in chosen.unusable_reason
+
+
+def test_a_node_slurm_no_longer_lists_is_not_used():
+    chosen = pick(JOB, _nodes(n1="mixed", n3="allocated"), 2)
+    assert chosen.step == ["n1", "n3"] and chosen.give_back == ["n2"]
+
+
+def test_the_rendezvous_is_the_name_when_it_resolves_else_the_node_address():
+    assert rendezvous_address(Node(name="localhost", state="IDLE", address="10.0.0.9")) == "localhost"
+    assert rendezvous_address(Node(name="no-such-host.invalid", state="IDLE", address="10.0.0.9")) == "10.0.0.9"
