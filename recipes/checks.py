@@ -163,6 +163,9 @@ def _check_training(p: _Problems) -> None:
                                    "use fp32 on the cpu")
 
 
+LAUNCHERS = ("torchrun", "srun")
+
+
 def _check_cluster(p: _Problems) -> None:
     p.at_least("cluster.nodes", 1)
     p.at_least("cluster.spare_nodes", 0)
@@ -188,6 +191,9 @@ def _check_cluster(p: _Problems) -> None:
     p.at_least("cluster.max_restarts", 0)
     p.at_least("cluster.signal_seconds", 1)
     p.within("cluster.rdzv_port", 1, 65535)
+    if p.get("cluster.launcher") not in LAUNCHERS:
+        p.add("cluster.launcher", f"must be one of {', '.join(LAUNCHERS)} (torchrun: one agent a node "
+                                  "that starts the ranks; srun: srun starts every rank itself)")
 
 
 def _check_parallel(p: _Problems) -> None:

@@ -47,7 +47,21 @@ def load(run_dir: Path) -> dict:
         raise ConfigError(f"{path}: no such file (the launcher writes the resolved config there)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return check(raw)
+    # A run resolved by an older pitstop (a job requeued across an upgrade) lacks the keys
+    # added since: they take their defaults, so the run resumes as it was launched.
+    return check(_with_defaults(raw, schema.defaults()))
+
+
+def _with_defaults(raw: Any, base: dict) -> Any:
+    if not isinstance(raw, dict):
+        return raw
+    merged = dict(raw)
+    for key, value in base.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict):
+            merged[key] = _with_defaults(merged[key], value)
+    return merged
 
 
 def data_parallel_degree(parallel: dict, world_size: int, accelerator: str) -> int:

@@ -90,7 +90,8 @@ class SbatchScript:
     signal_seconds: int = 60
     rdzv_port: int = 29500
     module: str = TRAIN_MODULE
-    python: Path | None = None  # runs pitstop.recipes.allocation; None: beside torchrun
+    python: Path | None = None  # runs pitstop.recipes.allocation (and the ranks under srun); None: beside torchrun
+    launcher: str = "torchrun"  # torchrun: one agent a node starts the ranks; srun: srun starts each rank
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], run_dir: Path, chdir: Path | None = None,
@@ -115,6 +116,7 @@ class SbatchScript:
             max_restarts=cluster["max_restarts"],
             signal_seconds=cluster["signal_seconds"],
             rdzv_port=cluster["rdzv_port"],
+            launcher=cluster["launcher"],
         )
 
     def directives(self) -> list[str]:
@@ -149,9 +151,19 @@ class SbatchScript:
         return self.python or self.torchrun.parent / "python"
 
     def srun_command(self) -> list[list[str]]:
-        """The step, one rendered line per group: srun on the picked nodes, torchrun's
-        options, the module and its argument. One torchrun per node, the rendezvous on the
-        step's first node, a rendezvous id of its own per attempt."""
+        """The step, one rendered line per group: srun on the picked nodes, then either
+        torchrun (one a node, the rendezvous on the step's first node, a rendezvous id of
+        its own per attempt) or, with `launcher: srun`, the ranks themselves (srun starts
+        every one: no agent to import torch first, no rendezvous round, a faster restart;
+        the runtime reads its rank from Slurm's task variables), then the module."""
+        if self.launcher == "srun":
+            launcher = ["srun", "--kill-on-bad-exit=1", f"--nodes={self.nodes}",
+                        f"--ntasks={self.nodes * self.procs_per_node}",
+                        f"--ntasks-per-node={self.procs_per_node}", '--nodelist="$step_nodes"']
+            if self.cpus_per_task is not None:
+                launcher.append(f"--cpus-per-task={max(1, self.cpus_per_task // self.procs_per_node)}")
+            launcher.append(shlex.quote(str(self.python_path())))
+            return [launcher, ["-m", self.module, '"$PITSTOP_RUN_DIR"']]
         launcher = ["srun", "--kill-on-bad-exit=1", f"--nodes={self.nodes}", f"--ntasks={self.nodes}",
                     "--ntasks-per-node=1", '--nodelist="$step_nodes"']
         if self.cpus_per_task is not None:
@@ -217,6 +229,11 @@ requeue_job() {  # why, the status to end with
         if [[ "$caught_signal" == USR1 ]]; then
             echo "pitstop: the step ended (status $step_status) after SIGUSR1; cluster.requeue is false, so the job is not requeued" >&2
         fi"""
+        srun_env = "" if self.launcher != "srun" else f"""\
+    # srun starts every rank: they meet at the step's first node (the runtime takes its
+    # rank from SLURM_PROCID).
+    export PITSTOP_LAUNCHER=srun MASTER_ADDR="$rdzv_host" MASTER_PORT={self.rdzv_port}
+"""
         body = f"""\
 set -uo pipefail
 
@@ -277,7 +294,7 @@ while :; do
     echo "pitstop: attempt $attempt of job $SLURM_JOB_ID: the step starts on $step_nodes" >&2
     record start "$attempt" ", \\"nodes\\": \\"$step_nodes\\""
     export PITSTOP_ATTEMPT="$attempt"
-
+{srun_env}
     {srun} &
     step_pid=$!
     if [[ -n "$caught_signal" ]]; then

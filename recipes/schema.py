@@ -120,6 +120,7 @@ SCHEMA: Schema = {
         "max_restarts": Field("int", default=10),
         "signal_seconds": Field("int", default=60),
         "rdzv_port": Field("int", default=29500),
+        "launcher": Field("str", default="torchrun"),
     },
     "run": {
         "dir": _opt("str"),

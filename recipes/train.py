@@ -1,7 +1,7 @@
 """`python -m pitstop.recipes.train RUN_DIR`: the training runtime every recipe runs.
 
 It reads only RUN_DIR/config.yaml (the resolved recipe, docs/recipe-schema.md), runs
-under torchrun (or alone, as a world of one), resumes from the newest complete
+under torchrun or srun (`cluster.launcher`; or alone, as a world of one), resumes from the newest complete
 checkpoint, and leaves progress, heartbeat, TensorBoard and checkpoints in RUN_DIR.
 
 SIGUSR1 or SIGTERM on any rank asks for a stop: at the next step boundary the ranks
@@ -321,7 +321,19 @@ def train(cfg: dict, run_dir: Path, world: Distributed, stop: StopRequest,
     return EXIT_OK
 
 
+def rank_from_slurm(environ=os.environ) -> None:
+    """Under `cluster.launcher: srun` every rank is a Slurm task and there is no torchrun
+    to set torch.distributed's variables: take them from Slurm's (the batch script sets
+    MASTER_ADDR and MASTER_PORT)."""
+    if environ.get("PITSTOP_LAUNCHER") != "srun" or "RANK" in environ:
+        return
+    environ["RANK"] = environ["SLURM_PROCID"]
+    environ["WORLD_SIZE"] = environ.get("SLURM_STEP_NUM_TASKS") or environ["SLURM_NTASKS"]
+    environ["LOCAL_RANK"] = environ["SLURM_LOCALID"]
+
+
 def main(argv: list[str] | None = None) -> int:
+    rank_from_slurm()
     parser = argparse.ArgumentParser(prog="python -m pitstop.recipes.train",
                                      description="Train the recipe resolved in RUN_DIR/config.yaml.")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")

@@ -37,6 +37,7 @@ RECIPE = "llama3-tiny-seq256-cpu-pretrain"
 FAULT_KINDS = ["xid79", "xid48", "nccl", "stall", "slurmd"]
 AGENT_ARGS = ["--stall-floor", "10", "--stall-k", "6"]
 SPARE_NODES = 1  # the job holds a stand-in, so a fenced node costs a restart, not a requeue
+# srun starts the ranks itself: a restart saves torchrun's own start and rendezvous.
 # An agent stamps a decision with the start of the tick that read the line, which under
 # load can be a little before the fault was stamped here (the testbed runs --interval 2).
 TICK_S = 2.5
@@ -144,7 +145,7 @@ class Demo:
     def _launch(self) -> None:
         layout = self.testbed.layout
         args = [sys.executable, "-m", "pitstop", "recipes", "launch", RECIPE, "cluster.nodes=2",
-                f"cluster.spare_nodes={SPARE_NODES}",
+                f"cluster.spare_nodes={SPARE_NODES}", "cluster.launcher=srun",
                 f"cluster.procs_per_node={self.options.procs_per_node}", f"trainer.max_steps={self.options.steps}", f"run.root={layout.jobs_dir / 'runs'}",
                 f"cluster.rdzv_port={free_port_block(1)}", *self.options.overrides, "--json"]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=120,

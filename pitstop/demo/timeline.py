@@ -100,8 +100,9 @@ def spans(steps: list[StepSeen], faults: list[FaultInjected], attempts: list[Att
     A step is productive when its run is the one that counts, else redone; a step that a
     fault fell in and that took over HUNG_FACTOR times the median hung for the excess. Before an
     attempt's first step: start-up, the last `load_s` of it checkpoint load. After its
-    last step: detection until the fault's first finding, then the queue until the next
-    attempt starts (the requeue, the old job completing, scheduling). Stretches may
+    last step: the step under way until the fault (redone), detection from the fault to
+    its first finding, then the queue until the next attempt starts (the step ending,
+    and for a requeue the old job completing and scheduling). Stretches may
     overlap or leave gaps here; `partition` settles both.
     """
     final = unique_steps(steps)
@@ -141,7 +142,9 @@ def spans(steps: list[StepSeen], faults: list[FaultInjected], attempts: list[Att
             found.append(Span(last, ends, waiting))
             continue
         noticed = fault.detected_at if fault.detected_at is not None else (attempt.requeued_at or ends)
-        found.append(Span(last, noticed, "detection"))
+        # The step under way when the fault came is thrown away: that work is redone.
+        found.append(Span(last, min(fault.at, noticed), "redone_steps"))
+        found.append(Span(max(last, fault.at), noticed, "detection"))
         found.append(Span(max(last, noticed), ends, waiting))
     return found
 

@@ -36,7 +36,8 @@ TINY_CONFIG = {
     "parallel": {"data": -1, "fsdp": 1, "tensor": 1, "context": 1, "expert": 1},
     "cluster": {"nodes": 1, "spare_nodes": 0, "procs_per_node": 2, "gpus_per_node": 0, "cpus_per_task": None,
                 "partition": None, "reservation": None, "time": "00:10:00", "exclusive": False,
-                "requeue": True, "max_restarts": 3, "signal_seconds": 60, "rdzv_port": 29500},
+                "requeue": True, "max_restarts": 3, "signal_seconds": 60, "rdzv_port": 29500,
+                "launcher": "torchrun"},
     "run": {"dir": None, "root": "./runs"},
 }
 

@@ -115,6 +115,20 @@ def test_spare_nodes_are_allocated_but_the_step_keeps_its_size():
     assert "--nnodes=2 " in script.render() and "--nodes=2 --ntasks=2" in script.render()
 
 
+def test_the_srun_launcher_starts_every_rank_itself():
+    text = _script(TINY, ["cluster.launcher=srun"]).render()
+    assert ('srun --kill-on-bad-exit=1 --nodes=2 --ntasks=4 --ntasks-per-node=2 --nodelist="$step_nodes" '
+            "--cpus-per-task=1 /opt/pitstop/venv/bin/python \\\n"
+            '    -m pitstop.recipes.train "$PITSTOP_RUN_DIR" &') in text
+    assert 'export PITSTOP_LAUNCHER=srun MASTER_ADDR="$rdzv_host" MASTER_PORT=29500' in text
+    assert "torchrun" not in text.split("set -uo pipefail")[1]
+
+
+def test_an_unknown_launcher_is_refused():
+    with pytest.raises(RecipeError, match="cluster.launcher.*torchrun, srun"):
+        compose(TINY, ["cluster.launcher=mpirun"])
+
+
 def test_default_torchrun_is_beside_this_python():
     assert default_torchrun() == Path(sys.executable).absolute().parent / "torchrun"
     script = SbatchScript.from_config(compose(TINY), RUN_DIR, chdir=CHDIR)

@@ -42,7 +42,7 @@ def test_short_run_learns_and_leaves_checkpoints_heartbeat_and_tensorboard(runs)
     progress = list(rundir.iter_progress(run_dir))
     assert [r["step"] for r in progress] == list(range(1, 13))
     assert set(progress[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_time",
-                                "restart_count", "time"}
+                                "restart_count", "attempt", "time"}
     first, last = [r["loss"] for r in progress[:3]], [r["loss"] for r in progress[-3:]]
     assert sum(last) / 3 < sum(first) / 3 - 0.3
     assert progress[2]["lr"] == pytest.approx(3e-3)  # warmup of 3 steps reached the peak
@@ -54,6 +54,7 @@ def test_short_run_learns_and_leaves_checkpoints_heartbeat_and_tensorboard(runs)
     beat = rundir.read_heartbeat(run_dir)
     assert beat["step"] == 12 and beat["job_id"] == "4242" and beat["node"] == "node7"
     assert beat["restart_count"] == 0 and beat["step_time"] > 0 and beat["pid"] > 0
+    assert rundir.read_last_exit(run_dir) == (0, "finished", 12)  # what the batch script trusts
 
     events = EventAccumulator(str(run_dir / rundir.TENSORBOARD))
     events.Reload()
@@ -180,11 +181,24 @@ def test_a_full_disk_keeps_training_and_exits_3_when_the_last_save_fails(runs):
 def test_a_missing_key_exits_2_naming_the_key(runs):
     run_dir = runs.make()
     config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
-    del config["trainer"]["checkpoint"]["keep"]
+    del config["cluster"]["nodes"]  # a key without a default
     (run_dir / rundir.CONFIG).write_text(yaml.safe_dump(config))
     result = runs.run_captured(run_dir)
     assert result.returncode == 2
-    assert "trainer.checkpoint.keep: missing" in result.stderr
+    assert "cluster.nodes: missing" in result.stderr
+
+
+def test_a_run_resolved_before_a_key_existed_loads_with_its_default(runs):
+    """A job requeued across an upgrade resumes: keys added since take their defaults."""
+    from pitstop.recipes.runconfig import load
+
+    run_dir = runs.make()
+    config = yaml.safe_load((run_dir / rundir.CONFIG).read_text())
+    del config["cluster"]["launcher"], config["cluster"]["spare_nodes"], config["trainer"]["checkpoint"]["keep"]
+    (run_dir / rundir.CONFIG).write_text(yaml.safe_dump(config))
+    loaded = load(run_dir)
+    assert loaded["cluster"]["launcher"] == "torchrun" and loaded["cluster"]["spare_nodes"] == 0
+    assert loaded["trainer"]["checkpoint"]["keep"] == 3
 
 
 def test_tensor_parallelism_exits_2_as_not_supported(runs):
@@ -234,3 +248,18 @@ def test_impossible_parallel_degrees_are_refused(parallel, accelerator, message)
     full = {"tensor": 1, "context": 1, "expert": 1, **parallel}
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         data_parallel_degree(full, 4, accelerator)
+
+
+def test_under_srun_the_rank_comes_from_slurms_task_variables():
+    from pitstop.recipes.train import rank_from_slurm
+
+    environ = {"PITSTOP_LAUNCHER": "srun", "SLURM_PROCID": "3", "SLURM_NTASKS": "8",
+               "SLURM_STEP_NUM_TASKS": "4", "SLURM_LOCALID": "1"}
+    rank_from_slurm(environ)
+    assert (environ["RANK"], environ["WORLD_SIZE"], environ["LOCAL_RANK"]) == ("3", "4", "1")
+    torchrun = {"RANK": "0", "SLURM_PROCID": "5", "PITSTOP_LAUNCHER": "srun"}
+    rank_from_slurm(torchrun)
+    assert torchrun["RANK"] == "0"  # what a launcher set stays
+    plain = {"SLURM_PROCID": "5"}
+    rank_from_slurm(plain)
+    assert "RANK" not in plain
