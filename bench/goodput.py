@@ -161,7 +161,11 @@ def main() -> int:
     print(f"    at Δt = {dt:.1f}s         E[ETTR] = {meta_ettr(n_rf_16k, u0, dt, w):.4f}  (target >= 0.97)")
     if w > 0:
         print(f"    at best Δt = {best_dt:.0f}s   E[ETTR] = {meta_ettr(n_rf_16k, u0, best_dt, w):.4f}")
-    shutil.rmtree(directory, ignore_errors=True)
+    if demo.final_state in ("COMPLETED", "RUNNING", "CANCELLED"):  # ran its course, or was cut at the time
+        shutil.rmtree(directory, ignore_errors=True)
+    else:
+        print(f"  the job ended {demo.final_state}: its run directory and the testbed's logs are kept "
+              f"in {directory}")
     return 0
 
 

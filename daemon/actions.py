@@ -29,13 +29,14 @@ from pitstop.slurm import Slurm, SlurmError
 log = logging.getLogger(__name__)
 
 FENCE_CLASSES = ("drain", "down", "reboot", "replace")
+HOLD_PREFIX = "reboot-hold-"  # + node: the reservation that holds a rebooting node out
 
 
 @dataclass
 class Outcome:
     """One thing pitstop did (or, in dry-run, would have done)."""
 
-    action: str  # drain | fail | down | reboot | requeue | end_step | resume | replace_command | breaker | unfence | return_check
+    action: str  # drain | fail | down | reboot | hold | release | requeue | end_step | resume | replace_command | breaker | unfence | return_check
     ok: bool = True
     detail: str = ""
     job_id: str = ""
@@ -155,6 +156,12 @@ class NodeActions:
             # and Slurm 22.05 can hand it this node again before the agent's drain lands
             # (seen on the testbed: the node MIXED with the reboot's reason on it).
             self._wait_jobs_gone(self.JOBS_GONE_S)
+            # No state holds a rebooting node out: Slurm 22.05 with ReturnToService=1
+            # "returns to service" a nextstate=down node at a registration after its
+            # reboot and can hand it a pending job before the agent's drain (seen in CI).
+            # A maintenance reservation does hold it, whatever the node's state, until
+            # the agent's return check ends (`release_hold`).
+            outcomes.append(self.hold_for_reboot(reason))
             # nextstate=down: back from the reboot the node stays out until the agent's
             # return check passes (with ReturnToService=1; under 2 the agent drains it).
             outcomes.append(self._call("reboot", lambda: self.slurm.reboot(self.node, reason, nextstate="down"),
@@ -281,6 +288,33 @@ class NodeActions:
             if self.clock() >= deadline:
                 return False
             self.sleep(0.2)
+
+    @property
+    def hold_name(self) -> str:
+        """The maintenance reservation that holds this node from its reboot until its
+        return check ends (not `pitstop-…`: that prefix is the training plans')."""
+        return f"{HOLD_PREFIX}{self.node}"
+
+    def hold_for_reboot(self, reason: str) -> Outcome:
+        """Reserve this node for maintenance (MAINT, IGNORE_JOBS, no end): no job that
+        does not name the reservation can start on it, in any node state."""
+        if self.slurm.reservation(self.hold_name) is not None:
+            return Outcome("hold", reason=reason, detail=f"reservation {self.hold_name} already holds {self.node}")
+        outcome = self._call("hold", lambda: self.slurm.create_reservation(
+            self.hold_name, "now", duration="UNLIMITED", nodes=[self.node], flags=("MAINT", "IGNORE_JOBS")),
+            reason)
+        if outcome.ok:
+            outcome.detail = f"reservation {self.hold_name} holds {self.node} until its return check ends"
+        return outcome
+
+    def release_hold(self) -> Outcome | None:
+        """Delete this node's reboot hold; None when there is none."""
+        if self.dry_run or self.slurm.reservation(self.hold_name) is None:
+            return None
+        outcome = self._call("release", lambda: self.slurm.delete_reservation(self.hold_name))
+        if outcome.ok:
+            outcome.detail = f"reservation {self.hold_name} deleted"
+        return outcome
 
     def hold_for_check(self, reason: str) -> Outcome:
         """Drain a node Slurm returned to service before its return check ran."""

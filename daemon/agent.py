@@ -125,6 +125,11 @@ class Agent:
         now = time.time()
         if self.store.on_boot(self.kmsg.boot_id, now):
             self.history.start_boot(self.kmsg.boot_id)
+        if self.store.health not in (Health.REBOOTING, Health.CHECKING) and not self.config.dry_run:
+            try:
+                self._release_hold(now)  # left by an agent that stopped before its check ended
+            except SlurmError as exc:
+                self._error(f"slurm: {exc}")
         self._server = serve(self.metrics, self.status_json, host=self.config.listen, port=self.config.port)
         self.port = self._server.port
         self._save(now)
@@ -251,6 +256,7 @@ class Agent:
             return
         self.store.log_event("warning", now, message=f"{self.node} is back in service in Slurm "
                              f"({node.state_label}) while pitstop had it fenced: taken as an operator's resume")
+        self._release_hold(now)
         self.store.clear_findings(now)
         self.history.back_in_service(now)
         self.store.transition(Health.OK, now, reason="", by_operator=True)
@@ -390,6 +396,7 @@ class Agent:
         self._back_in_service(now)
 
     def _back_in_service(self, now: float, by_operator: bool = False) -> None:
+        self._release_hold(now)
         self.store.clear_findings(now)
         self.history.back_in_service(now)
         self.store.transition(Health.OK, now, reason="", by_operator=by_operator)
@@ -440,6 +447,7 @@ class Agent:
             reason = node.reason if node is not None and node.reason.startswith(REPLACE_REASON) else \
                 f"{REPLACE_REASON} full check {what} after {result.seconds:.0f}s"
             self._record(self.actions.fence("replace", reason, requeue_jobs=False), now)
+            self._release_hold(now)  # failed for replacement: the failed state holds it now
             self.store.transition(Health.FENCED, now, reason=reason, fence_class="replace")
             self._save(now)
         elif verdict == "operator":
@@ -447,6 +455,13 @@ class Agent:
         else:
             self._check_retry_at = now + self.config.return_check_retry_s
             self._save(now)
+
+    def _release_hold(self, now: float) -> None:
+        """The reboot's maintenance hold ends with the way back (passed, failed, or an
+        operator's): whoever has the node next needs no reservation in the way."""
+        outcome = self.actions.release_hold()
+        if outcome is not None:
+            self._record([outcome], now)
 
     def _operator_took_over(self, reason: str, now: float) -> None:
         self.store.log_event("warning", now, message=f"{self.node} carries an operator's reason "

@@ -154,7 +154,8 @@ def run_progress(run_dir: Path, job: Job | None = None) -> RunProgress:
         progress.loss = last.get("loss")
         progress.tokens_per_s = last.get("tokens_per_s")
         progress.step_time = last.get("step_time")
-        progress.restarts = int(last.get("restart_count", 0))
+        # Restarts in the allocation keep Slurm's count: the run's attempts count them all.
+        progress.restarts = max(int(last.get("restart_count", 0)), int(last.get("attempt") or 0))
         progress.losses = [float(r["loss"]) for r in records[-LOSS_POINTS:]
                            if isinstance(r.get("loss"), (int, float))]
     heartbeat = rundir.read_heartbeat(run_dir)
@@ -162,7 +163,8 @@ def run_progress(run_dir: Path, job: Job | None = None) -> RunProgress:
         progress.step = max(progress.step, int(heartbeat.get("step", 0)))
         progress.heartbeat_at = heartbeat.get("time")
         progress.step_time = heartbeat.get("step_time") or progress.step_time
-        progress.restarts = max(progress.restarts, int(heartbeat.get("restart_count") or 0))
+        progress.restarts = max(progress.restarts, int(heartbeat.get("restart_count") or 0),
+                                int(heartbeat.get("attempt") or 0))
     if job is not None:
         progress.restarts = max(progress.restarts, job.restart_count)
     if progress.max_steps and progress.step_time:

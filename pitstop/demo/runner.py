@@ -93,6 +93,7 @@ class Demo:
         self._stopped_ranks: list[int] = []
         self._rebooted: set[str] = set()  # nodes the agent rebooted: it returns them itself
         self.job_id = ""
+        self.final_state = ""  # the job's state when the watch ended
         self.run_dir = Path()
         self.slurm: Slurm | None = None
         self.cancelled = threading.Event()  # set from another thread (the TUI closing) to stop
@@ -205,6 +206,7 @@ class Demo:
         else:
             raise DemoError(f"the run did not finish within {self.options.timeout_s:.0f}s")
         finished = job.end_time or time.time()
+        self.final_state = job.state
         if job.state != "COMPLETED":
             self.say(f"job {self.job_id} ended {job.state}; see {self.run_dir}")
         summary = summarize(self.steps, self.faults, self.attempts, first_start or self.t0, finished,

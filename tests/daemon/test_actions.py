@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,33 @@ def test_a_job_that_restarts_in_its_allocation_loses_only_its_step_on_the_fenced
     finally:
         slurm.cancel(job_id)
         slurm.resume("node2")
+
+
+def test_the_reboot_hold_keeps_every_job_off_the_node_until_released(slurm, testbed):
+    """Whatever Slurm does with the node's state at its registrations after a reboot, a job
+    cannot start on it while the maintenance reservation holds it."""
+    actions = NodeActions(slurm, "node4", settle_s=0.2)
+    hold = actions.hold_for_reboot("pitstop: xid 79 gpu1")
+    try:
+        assert hold.ok, hold.detail
+        reservation = slurm.reservation(actions.hold_name)
+        assert reservation.nodes == ["node4"] and {"MAINT", "IGNORE_JOBS"} <= set(reservation.flags)
+        assert not actions.hold_name.startswith("pitstop-")  # the plans' prefix: theirs alone
+        assert actions.hold_for_reboot("again").ok  # holding twice is holding
+        job_id = _job(slurm, testbed, "-N1", "-w", "node4", name="held")
+        slurm.wait_for(lambda s: s.job(job_id).state == "PENDING" and s.job(job_id).reason, 10,
+                       what="the job to wait")
+        seen = time.time()
+        slurm.wait_for(lambda s: time.time() > seen + 2, 5, what="two seconds of scheduling")
+        assert slurm.job(job_id).state == "PENDING"
+        released = actions.release_hold()
+        assert released is not None and released.ok and slurm.reservation(actions.hold_name) is None
+        slurm.wait_for(lambda s: s.job(job_id).running, 20, what="the job to start once released")
+        assert actions.release_hold() is None  # nothing left to release
+        slurm.cancel(job_id)
+    finally:
+        if slurm.reservation(actions.hold_name) is not None:
+            slurm.delete_reservation(actions.hold_name)
 
 
 def test_no_requeue_job_is_left_running(slurm, testbed):

@@ -80,14 +80,19 @@ def test_xid79_fences_the_node_names_the_gpu_and_the_job_runs_again(agents, slur
     assert job.restart_count == 1
     assert not slurm.node(healthy).reason and _state(layout, healthy)["health"] == "OK"
     assert not [a for a in _state(layout, healthy)["actions"]]
-    slurm.cancel(job_id)  # it ran again; from here on the node's own way back is under test
+    # The job ran again elsewhere: a maintenance reservation holds the node from its reboot
+    # on (Slurm 22.05 can "return to service" a nextstate=down node at a registration).
+    assert slurm.job(job_id).nodes and sick not in slurm.job(job_id).nodes
+    hold = f"reboot-hold-{sick}"
+    slurm.cancel(job_id)  # from here on the node's own way back is under test
     # The node went through the testbed's reboot and came back into service only through
-    # a passing `pitstop check full --resume`, which the agent ran as a process. (Known gap,
-    # seen twice in CI under load: Slurm 22.05 "returned to service" the node at a
-    # registration after its nextstate=down reboot and gave it the pending job before the
-    # agent's drain; the agent then holds it and checks it once the job is gone.)
+    # a passing `pitstop check full --resume`, which the agent ran as a process; the hold
+    # lasted until then and no job ran on the node meanwhile.
     slurm.wait_for(lambda s: (n := s.node(sick)) and n.available and not n.reason and n, 150,
                    what=f"{sick} back through its check")
+    actions = [a["action"] for a in _state(layout, sick)["actions"]]
+    assert "hold" in actions and actions.index("hold") < actions.index("reboot")
+    wait_until(lambda: slurm.reservation(hold) is None, 15, what="the hold to be released")
     wait_until(lambda: _state(layout, sick)["health"] == "OK", 15, what="the sick node's agent to say OK")
     checks = _events(layout, sick, "check")
     assert checks[0]["stage"] == "started" and checks[-1]["stage"] == "ended"
