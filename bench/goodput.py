@@ -116,14 +116,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--every", type=float, default=60.0)
-    parser.add_argument("--interval", type=int, default=10, help="checkpoint interval in steps")
+    parser.add_argument("--interval", type=int, default=3, help="checkpoint interval in steps")
     parser.add_argument("--override", action="append", default=[])
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="pitstop-goodput-", dir="/tmp"))
     faults = max(1, int(args.minutes * 60 / args.every))
     options = DemoOptions(directory=directory, steps=100000, fault_after_step=args.interval + 3,
                           faults=faults, every_s=args.every, duration_s=args.minutes * 60,
-                          overrides=[f"trainer.checkpoint.interval={args.interval}", *args.override],
+                          overrides=[f"trainer.checkpoint.interval={args.interval}",
+                                     # a fault a minute for the whole campaign: restarts are the point
+                                     f"cluster.max_restarts={faults + 10}", *args.override],
                           timeout_s=args.minutes * 60 + 600)
     demo = Demo(options, say=lambda line: print(line, flush=True))
     try:

@@ -194,17 +194,14 @@ class SbatchScript:
         srun = " \\\n    ".join(" ".join(line) for line in self.srun_command())
         if self.requeue:
             requeue = """\
-requeue_job() {  # why, the status to end with when no restart is left
-    if (( attempt < max_restarts )); then
-        echo "pitstop: $1; requeueing job $SLURM_JOB_ID to resume from its newest checkpoint (restart $((attempt + 1)) of at most $max_restarts)" >&2
-        if scontrol requeue "$SLURM_JOB_ID"; then
-            exit 0
-        fi
-        echo "pitstop: scontrol requeue $SLURM_JOB_ID failed; the run stops here" >&2
-        exit 1
+requeue_job() {  # why, the status to end with (unused: the loop's bound came first)
+    # The loop checked the bound for the attempt about to start: the requeued job starts it.
+    echo "pitstop: $1; requeueing job $SLURM_JOB_ID to resume from its newest checkpoint (restart $attempt of at most $max_restarts)" >&2
+    if scontrol requeue "$SLURM_JOB_ID"; then
+        exit 0
     fi
-    echo "pitstop: $1, and job $SLURM_JOB_ID has used its $max_restarts restarts; the run stops here" >&2
-    exit "$2"
+    echo "pitstop: scontrol requeue $SLURM_JOB_ID failed; the run stops here" >&2
+    exit 1
 }"""
             after_usr1 = """\
         if [[ "$caught_signal" == USR1 && -n "${PITSTOP_SEGMENT_END:-}" ]]; then

@@ -179,7 +179,8 @@ echo "$@" >> "$FAKE_LOG/scontrol.calls"
 
 FAKE_PYTHON = """#!/bin/bash
 echo "$@" >> "$FAKE_LOG/python.calls"
-if [[ -n "${FAKE_PLACEMENT_STATUS:-}" ]]; then
+calls=$(wc -l < "$FAKE_LOG/python.calls")
+if [[ -n "${FAKE_PLACEMENT_STATUS:-}" ]] && (( calls >= ${FAKE_PLACEMENT_FROM:-1} )); then
     echo "pitstop: job $3 cannot run its next step in its allocation: 1 usable node(s) left" >&2
     exit "$FAKE_PLACEMENT_STATUS"
 fi
@@ -292,6 +293,16 @@ def test_too_few_healthy_nodes_requeues_the_job(fake_slurm):
     assert "requeue 4242" in _calls(log, "scontrol")
     assert "too few healthy nodes left in the allocation; requeueing job 4242" in result.stderr
     assert not (log / "srun.args").exists()
+
+
+def test_the_last_restart_allowed_may_be_a_requeue(fake_slurm):
+    """max_restarts=2: two steps fail in the allocation, then too few nodes are left for
+    the third start, restart 2 of at most 2: it is allowed, so the job requeues."""
+    script_path, log, env = fake_slurm
+    result = _run(script_path, env, FAKE_FAILS="2", FAKE_PLACEMENT_STATUS="4", FAKE_PLACEMENT_FROM="3")
+    assert result.returncode == 0, result.stderr
+    assert "requeue 4242" in _calls(log, "scontrol")
+    assert "(restart 2 of at most 2)" in result.stderr
 
 
 def test_an_unreachable_slurm_stops_the_run_after_retries(fake_slurm):
