@@ -1,13 +1,14 @@
 """`pitstop demo`: a training run on the local testbed survives its faults, unattended.
 
 It brings up a four-node testbed with an agent on every node, launches the tiny CPU
-recipe on two nodes, injects faults where real ones enter (a kernel-log line, a job-log
-line, a rank that stops, a slurmd that dies), and prints what happens as it happens: the
-finding, the fence, the requeue, the resume from the newest checkpoint, and the loss
-carrying on. Everything it reports it reads from where a user would: Slurm, the agents'
-event logs and the run directory. The demo plays the one role a person plays on a real
-cluster: it "replaces" a node pitstop drained or set DOWN (resumes it) once the job runs
-elsewhere.
+recipe on two nodes with one spare in its allocation, injects faults where real ones
+enter (a kernel-log line, a job-log line, a rank that stops, a slurmd that dies), and
+prints what happens as it happens: the finding, the fence, the step started again (on
+the spare, or after a requeue when no spare is left), the resume from the newest
+checkpoint, and the loss carrying on. Everything it reports it reads from where a user
+would: Slurm, the agents' event logs and the run directory. The demo plays the one role
+a person plays on a real cluster: it "replaces" a node pitstop drained or set DOWN
+(resumes it) once the job runs elsewhere.
 """
 
 from __future__ import annotations
