@@ -208,7 +208,7 @@ class Demo:
             raise DemoError(f"the run did not finish within {self.options.timeout_s:.0f}s")
         finished = job.end_time or time.time()
         self.final_state = job.state
-        if job.state != "COMPLETED":
+        if job.finished and job.state != "COMPLETED":  # not a run cut at --duration
             self.say(f"job {self.job_id} ended {job.state}; see {self.run_dir}")
         summary = summarize(self.steps, self.faults, self.attempts, first_start or self.t0, finished,
                             self.fenced_nodes)
