@@ -87,7 +87,7 @@ def restart_phases(demo: Demo) -> dict[str, list[float]]:
         if fault.detected_at is not None:
             add("detect", fault.detected_at - fault.at)
             add("agent acts, the step ends", before.requeued_at - fault.detected_at)
-        requeued = demo._restart_counts.get(attempt.number, 0) != demo._restart_counts.get(before.number, 0)
+        requeued = attempt.restart_count != before.restart_count
         gone = next((t for t in released if t >= before.requeued_at - 1), None) if requeued else None
         if gone is not None:
             add("old job stops (requeue)", gone - before.requeued_at)

@@ -23,12 +23,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-from pitstop.model import PITSTOP_REASON_PREFIX, Job, Node
+from pitstop.model import FENCE_CLASSES, PITSTOP_REASON_PREFIX, Job, Node
 from pitstop.slurm import Slurm, SlurmError
 
 log = logging.getLogger(__name__)
 
-FENCE_CLASSES = ("drain", "down", "reboot", "replace")
 HOLD_PREFIX = "reboot-hold-"  # + node: the reservation that holds a rebooting node out
 
 
@@ -180,8 +179,9 @@ class NodeActions:
             return [Outcome(state, dry_run=True, reason=reason,
                             detail=f"would set {self.node} DOWN (Slurm requeues its jobs)")]
         planned = [Outcome(state, dry_run=True, reason=reason, detail=f"would {state} {self.node}")]
-        for job in self._requeueable_jobs():
-            planned.append(Outcome("requeue", dry_run=True, job_id=job, detail=f"would requeue job {job}"))
+        for job in self._restartable():
+            planned.append(Outcome("requeue", dry_run=True, job_id=job.job_id,
+                                   detail=f"would requeue job {job.job_id}"))
         if action_class == "reboot":
             planned.append(Outcome("reboot", dry_run=True, reason=reason, detail=f"would reboot {self.node}"))
         if action_class == "replace" and self.replace_command:
@@ -234,9 +234,6 @@ class NodeActions:
             if job.requeue or self.restarts_in_allocation(job):
                 found.append(job)
         return found
-
-    def _requeueable_jobs(self, job_ids: Sequence[str] | None = None) -> list[str]:
-        return [job.job_id for job in self._restartable(job_ids)]
 
     def requeue_jobs_on_node(self, in_allocation: bool | None = None) -> list[Outcome]:
         """Restart the jobs on this fenced node (those that restart in their allocation, or

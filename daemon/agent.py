@@ -35,7 +35,7 @@ from pitstop.daemon.progress import ProgressWatcher
 from pitstop.daemon import sdnotify
 from pitstop.daemon.returncheck import CheckResult, ReturnCheck, check_command, interpret, last_line
 from pitstop.daemon.slurmd import SlurmdWatch
-from pitstop.model import REPLACE_REASON, Finding, Health
+from pitstop.model import FENCE_CLASSES, REPLACE_REASON, Finding, Health
 from pitstop.rundir import HEARTBEAT, current_attempt, restarts_in_allocation
 from pitstop.slurm import Slurm, SlurmError
 
@@ -479,7 +479,7 @@ class Agent:
                      "jobs_watched": sorted(self._watched_jobs)}
         if self.config.expected_gpus:
             bad = {f.get("device") for f in self.store.state.open_findings
-                   if f.get("action_class") in {"drain", "down", "reboot", "replace"} and f.get("device")}
+                   if f.get("action_class") in FENCE_CLASSES and f.get("device")}
             telemetry["accelerators_healthy"] = max(0, self.config.expected_gpus - len(bad))
         telemetry["devices"] = device_rows(
             gpus=self._last_gpus, neuron=self._last_neuron,

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from pitstop.daemon.host import device_index
+from pitstop.model import FENCE_CLASSES
 
-FENCING_CLASSES = {"drain", "down", "reboot", "replace"}
+FENCING_CLASSES = set(FENCE_CLASSES)
 
 
 def device_rows(*, gpus: Sequence[Any] = (), neuron: Any = None, paths: Iterable[str] = (),

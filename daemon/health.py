@@ -71,12 +71,11 @@ from pathlib import Path
 from typing import Any
 
 from pitstop.fsutil import write_json_atomic
-from pitstop.model import Finding, Health
+from pitstop.model import FENCE_CLASSES, Finding, Health
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-FENCE_CLASSES = ("drain", "down", "reboot", "replace")  # least severe first
 _FENCE_RANK = {name: rank for rank, name in enumerate(FENCE_CLASSES)}
 MAX_FINDINGS = 100
 MAX_ACTIONS = 100

@@ -38,14 +38,13 @@ from typing import Any
 import yaml
 
 from pitstop.yamlfile import DataFileError, MarkedDict, line_of, load_yaml
-from pitstop.model import PITSTOP_REASON_PREFIX, Finding
+from pitstop.model import ACTION_CLASSES, CLASS_SEVERITY, FENCE_CLASSES, PITSTOP_REASON_PREFIX, Finding
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 POLICY_VERSION = 1
 
-CLASSES = ("ignore", "watch", "app", "drain", "down", "reboot", "replace")
-FENCE_CLASSES = frozenset({"drain", "down", "reboot", "replace"})
-SEVERITY = {name: rank for rank, name in enumerate(CLASSES)}
+CLASSES = ACTION_CLASSES
+SEVERITY = CLASS_SEVERITY
 REASON_MAX = 120
 
 RULE_KEYS = {"class", "count", "window_s", "escalate", "when", "above", "correlate",

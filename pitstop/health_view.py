@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pitstop.model import ClusterSnapshot, Health, Node
+from pitstop.model import CLASS_SEVERITY, ClusterSnapshot, Health, Node
 
 # Class severity, for picking a node's worst open finding.
-SEVERITY = {"replace": 6, "reboot": 5, "down": 4, "drain": 3, "app": 2, "watch": 1, "ignore": 0}
+SEVERITY = CLASS_SEVERITY
 STALE_AFTER_S = 120.0
 
 

@@ -36,6 +36,12 @@ PITSTOP_REASON_PREFIX = "pitstop:"
 # check or agent returns it. The hooks' full check and the agent both write it.
 REPLACE_REASON = f"{PITSTOP_REASON_PREFIX} Action:Replace"
 
+# The policy's classes, least severe first; the last four fence the node. One list for
+# the policy, the health state machine, the actions and every view that ranks findings.
+ACTION_CLASSES = ("ignore", "watch", "app", "drain", "down", "reboot", "replace")
+FENCE_CLASSES = ACTION_CLASSES[3:]
+CLASS_SEVERITY = {name: rank for rank, name in enumerate(ACTION_CLASSES)}
+
 
 @dataclass
 class Node:

@@ -90,7 +90,6 @@ class Demo:
         self._stopped_slurmd: str | None = None
         self._attempt_at_stop = 0
         self._slurm_restarts = 0
-        self._restart_counts: dict[int, int] = {}
         self._stopped_ranks: list[int] = []
         self._rebooted: set[str] = set()  # nodes the agent rebooted: it returns them itself
         self.job_id = ""
@@ -148,7 +147,8 @@ class Demo:
         layout = self.testbed.layout
         args = [sys.executable, "-m", "pitstop", "recipes", "launch", RECIPE, "cluster.nodes=2",
                 f"cluster.spare_nodes={SPARE_NODES}", "cluster.launcher=srun",
-                f"cluster.procs_per_node={self.options.procs_per_node}", f"trainer.max_steps={self.options.steps}", f"run.root={layout.jobs_dir / 'runs'}",
+                f"cluster.procs_per_node={self.options.procs_per_node}", f"trainer.max_steps={self.options.steps}",
+                f"run.root={layout.jobs_dir / 'runs'}",
                 f"cluster.rdzv_port={free_port_block(1)}", *self.options.overrides, "--json"]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=120,
                               env={**os.environ, **layout.env()}, cwd=layout.jobs_dir)
@@ -239,13 +239,15 @@ class Demo:
                 if self.attempts and self.attempts[-1].requeued_at is None:
                     self.attempts[-1].requeued_at = at
                 nodes = [n for n in str(record.get("nodes", "")).split(",") if n]
-                known[number] = Attempt(number=number, started_at=at, nodes=nodes)
-                self.attempts.append(known[number])
+                attempt = Attempt(number=number, started_at=at, nodes=nodes,
+                                  restart_count=int(record.get("restart_count", 0)))
+                before = known.get(number - 1)
+                known[number] = attempt
+                self.attempts.append(attempt)
                 if number:
-                    how = "in its allocation" if record.get("restart_count", 0) == self._restart_counts.get(
-                        number - 1, record.get("restart_count", 0)) else "after a requeue"
+                    requeued = before is not None and attempt.restart_count != before.restart_count
+                    how = "after a requeue" if requeued else "in its allocation"
                     self.say(f"restart {number}: the step starts again {how} on {', '.join(nodes)}")
-                self._restart_counts[number] = int(record.get("restart_count", 0))
             elif record.get("event") == "end" and number in known and known[number].requeued_at is None:
                 known[number].requeued_at = at
 
@@ -260,7 +262,7 @@ class Demo:
 
     def _trains_again(self, attempt: int) -> bool:
         """A campaign's next fault waits until the run trains again after the last one: a
-        few steps in an attempt that Slurm started after that fault."""
+        few steps in an attempt that started after that fault."""
         current = next((a for a in self.attempts if a.number == attempt), None)
         if current is None or current.started_at is None or (self.faults and current.started_at < self.faults[-1].at):
             return False

@@ -46,6 +46,7 @@ class Attempt:
     resumed_from: int = 0  # the checkpoint step it loaded (0: from scratch)
     load_s: float = 0.0  # how long that load took, as the runtime reported it
     nodes: list[str] = field(default_factory=list)
+    restart_count: int = 0  # Slurm's requeues of the job when it started (a change: a requeue)
 
 
 @dataclass

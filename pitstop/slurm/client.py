@@ -240,10 +240,10 @@ class Slurm:
                 steps[step] = expand(nodes.strip()) if nodes.strip() else []
         return steps
 
-    def kill_steps(self, job_id: str, steps: Sequence[str] | None = None) -> list[str]:
-        """SIGKILL the job's srun steps (all running ones unless named), never its batch
-        shell: the script that launched them decides what comes next. The steps killed."""
-        targets = list(steps) if steps is not None else list(self.steps(job_id))
+    def kill_steps(self, job_id: str, steps: Sequence[str]) -> list[str]:
+        """SIGKILL these srun steps of the job (ids from `steps`), never its batch shell:
+        the script that launched them decides what comes next. The steps killed."""
+        targets = list(steps)
         for step in targets:
             if not re.fullmatch(rf"{re.escape(str(job_id))}\.\d+", step):
                 raise ValueError(f"not a step of job {job_id}: {step!r}")
