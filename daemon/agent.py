@@ -234,9 +234,12 @@ class Agent:
             if job.job_id in self._watched_jobs:
                 continue
             self.history.job_started(job.job_id)
-            for path in {job.stdout, job.stderr} - {""}:
-                self.joblogs.watch(job.job_id, path)
             run_dir = _run_dir_of(job.stdout, job.work_dir)
+            # A run that restarts in its allocation may be past its first attempt when this
+            # node joins it: its output is read from here on, after that attempt's line.
+            attempt = current_attempt(run_dir) if restarts_in_allocation(run_dir) else None
+            for path in {job.stdout, job.stderr} - {""}:
+                self.joblogs.watch(job.job_id, path, attempt=attempt)
             if run_dir is not None and (job.batch_host in ("", self.node)):
                 self.progress.watch(job.job_id, run_dir, now)
             self._watched_jobs.add(job.job_id)

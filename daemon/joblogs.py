@@ -56,8 +56,13 @@ class JobLogWatcher:
         self._attempts: dict[str, int] = {}  # job -> the attempt its output is at
         self.new_attempts: list[tuple[str, int]] = []  # (job, attempt) seen starting; the agent takes them
 
-    def watch(self, job_id: str, path: Path | str, *, from_start: bool = False) -> None:
+    def watch(self, job_id: str, path: Path | str, *, from_start: bool = False,
+              attempt: int | None = None) -> None:
+        """Follow `path` for the job. `attempt`: the attempt the run is at now, for a file
+        read from its end (its output's last attempt line is behind the reading point)."""
         path = Path(path)
+        if attempt is not None:
+            self._attempts.setdefault(str(job_id), attempt)
         key = (str(job_id), str(path))
         if key in self._jobs:
             return

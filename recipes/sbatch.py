@@ -288,8 +288,10 @@ while :; do
         exit 1
     fi
     read -r step_nodes rdzv_host <<< "$placement"
-    echo "pitstop: attempt $attempt of job $SLURM_JOB_ID: the step starts on $step_nodes" >&2
+    # The record first, then the line: an agent that starts following the output between
+    # the two reads this attempt from the record, and the line only confirms it.
     record start "$attempt" ", \\"nodes\\": \\"$step_nodes\\""
+    echo "pitstop: attempt $attempt of job $SLURM_JOB_ID: the step starts on $step_nodes" >&2
     export PITSTOP_ATTEMPT="$attempt"
 {srun_env}
     {srun} &

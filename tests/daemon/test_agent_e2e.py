@@ -82,7 +82,11 @@ def test_xid79_fences_the_node_names_the_gpu_and_the_job_runs_again(agents, slur
     assert not [a for a in _state(layout, healthy)["actions"]]
     # The job ran again elsewhere: a maintenance reservation holds the node from its reboot
     # on (Slurm 22.05 can "return to service" a nextstate=down node at a registration).
-    assert slurm.job(job_id).nodes and sick not in slurm.job(job_id).nodes
+    # (`running` counts COMPLETING: wait for RUNNING, which the requeued job reaches after
+    # its BeginTime wait.)
+    again = slurm.wait_for(lambda s: (j := s.job(job_id)) and j.state == "RUNNING" and j, 60, interval=0.5,
+                           what="the requeued job to be RUNNING")
+    assert again.nodes and sick not in again.nodes
     hold = f"reboot-hold-{sick}"
     slurm.cancel(job_id)  # from here on the node's own way back is under test
     # The node went through the testbed's reboot and came back into service only through

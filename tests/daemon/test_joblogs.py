@@ -58,6 +58,18 @@ def test_a_restarted_step_is_a_new_attempt_whose_timeouts_are_new_findings():
     assert watcher.new_attempts == [("42", 0), ("42", 1)]
 
 
+def test_a_watch_joining_a_later_attempt_stamps_its_findings_with_it(tmp_path):
+    """An agent whose node joins a run at its third attempt reads the output from its
+    end, past the attempt line: the attempt it is told at the watch stamps what follows."""
+    out = tmp_path / "slurm-42.out"
+    out.write_text("pitstop: attempt 2 of job 42: the step starts on node1,node3\n")
+    watcher = JobLogWatcher("node3")
+    watcher.watch("42", out, attempt=2)
+    with open(out, "a") as fh:
+        fh.write(WATCHDOG + "\n")
+    assert [(f.code, f.attempt) for f in watcher.poll(now=1.0)] == [("nccl_watchdog", 2)]
+
+
 def test_a_file_that_appears_later_is_read_from_its_start(tmp_path):
     out = tmp_path / "slurm-42.out"
     watcher = JobLogWatcher("node1")
