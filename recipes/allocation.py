@@ -6,10 +6,11 @@ allocation's nodes that Slurm still shows usable (not drained, failed, down, reb
 unresponsive), in allocation order, the first NODES of them for the step; the others
 stay as spares. Nodes no longer usable are given back to Slurm (`scontrol update
 jobid=… NodeList=…`), so that a fenced node can be rebooted or replaced while the job
-goes on without it. It prints one line, the step's nodes and the rendezvous address
-(the first step node, at its NodeAddr when its name does not resolve here):
+goes on without it. It prints one line: the step's nodes, the rendezvous address (the
+first step node, at its NodeAddr when its name does not resolve here) and all the
+allocation's usable nodes, spares too (where a warm start's servers run):
 
-    node1,node3 127.0.0.1
+    node1,node3 127.0.0.1 node1,node3,node4
 
 Exit 0: printed. Exit 4: fewer than NODES usable nodes, or the batch host itself is no
 longer usable (the batch shell cannot leave its node): the job must be requeued.
@@ -34,6 +35,7 @@ class StepNodes:
     """Where the next step runs, or why it cannot run in this allocation."""
 
     step: list[str] = field(default_factory=list)
+    spares: list[str] = field(default_factory=list)
     give_back: list[str] = field(default_factory=list)
     unusable_reason: str = ""  # set when the job must be requeued instead
 
@@ -54,7 +56,7 @@ def pick(job: Job, nodes: dict[str, Node], need: int) -> StepNodes:
         return StepNodes(give_back=give_back, unusable_reason=(
             f"{len(usable)} usable node(s) left in the allocation ({', '.join(usable) or 'none'}), "
             f"{need} needed"))
-    return StepNodes(step=usable[:need], give_back=give_back)
+    return StepNodes(step=usable[:need], spares=usable[need:], give_back=give_back)
 
 
 def rendezvous_address(node: Node) -> str:
@@ -93,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pitstop: job {args.job_id} cannot run its next step in its allocation: "
               f"{chosen.unusable_reason}", file=sys.stderr)
         return EXIT_REQUEUE
-    print(",".join(chosen.step), rendezvous_address(by_name[chosen.step[0]]))
+    print(",".join(chosen.step), rendezvous_address(by_name[chosen.step[0]]),
+          ",".join(chosen.step + chosen.spares))
     return 0
 
 

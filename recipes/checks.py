@@ -194,6 +194,9 @@ def _check_cluster(p: _Problems) -> None:
     if p.get("cluster.launcher") not in LAUNCHERS:
         p.add("cluster.launcher", f"must be one of {', '.join(LAUNCHERS)} (torchrun: one agent a node "
                                   "that starts the ranks; srun: srun starts every rank itself)")
+    elif p.get("cluster.warm_start") is True and p.get("cluster.launcher") != "srun":
+        p.add("cluster.warm_start", "needs cluster.launcher: srun (torchrun starts its ranks itself, "
+                                    "cold, on every restart)")
 
 
 def _check_parallel(p: _Problems) -> None:

@@ -43,6 +43,7 @@ from pitstop.recipes.errors import RecipeError
 from pitstop.rundir import ATTEMPTS, LAST_EXIT
 
 TRAIN_MODULE = "pitstop.recipes.train"
+WARM_MODULE = "pitstop.recipes.warm"
 # torchrun's default list plus SIGUSR1: torchrun forwards these to its workers.
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 EXIT_TOO_MANY_RESTARTS = 3
@@ -92,6 +93,7 @@ class SbatchScript:
     module: str = TRAIN_MODULE
     python: Path | None = None  # runs pitstop.recipes.allocation (and the ranks under srun); None: beside torchrun
     launcher: str = "torchrun"  # torchrun: one agent a node starts the ranks; srun: srun starts each rank
+    warm_start: bool = False  # srun only: a server per node with torch imported forks the ranks
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], run_dir: Path, chdir: Path | None = None,
@@ -117,6 +119,7 @@ class SbatchScript:
             signal_seconds=cluster["signal_seconds"],
             rdzv_port=cluster["rdzv_port"],
             launcher=cluster["launcher"],
+            warm_start=cluster["warm_start"],
         )
 
     def directives(self) -> list[str]:
@@ -163,6 +166,8 @@ class SbatchScript:
             if self.cpus_per_task is not None:
                 launcher.append(f"--cpus-per-task={max(1, self.cpus_per_task // self.procs_per_node)}")
             launcher.append(shlex.quote(str(self.python_path())))
+            if self.warm_start:  # the rank is forked by the node's warm server (cold without one)
+                return [launcher, ["-m", WARM_MODULE, "run", self.module, '"$PITSTOP_RUN_DIR"']]
             return [launcher, ["-m", self.module, '"$PITSTOP_RUN_DIR"']]
         launcher = ["srun", "--kill-on-bad-exit=1", f"--nodes={self.nodes}", f"--ntasks={self.nodes}",
                     "--ntasks-per-node=1", '--nodelist="$step_nodes"']
@@ -226,6 +231,24 @@ requeue_job() {  # why, the status to end with
         if [[ "$caught_signal" == USR1 ]]; then
             echo "pitstop: the step ended (status $step_status) after SIGUSR1; cluster.requeue is false, so the job is not requeued" >&2
         fi"""
+        warm = "" if not self.warm_start else f"""\
+declare -A warm_pids=()
+start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on each usable node without one
+    local node pid nodes
+    IFS=, read -ra nodes <<< "$1"
+    for node in "${{nodes[@]}}"; do
+        pid="${{warm_pids[$node]:-}}"
+        if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+            srun --overlap --nodes=1 --ntasks=1 --nodelist="$node" --kill-on-bad-exit=0 \\
+                "$python" -m {WARM_MODULE} serve >> "$PITSTOP_RUN_DIR/warm-servers.log" 2>&1 &
+            warm_pids[$node]=$!
+        fi
+    done
+}}
+"""
+        start_warm = "" if not self.warm_start else """\
+    start_warm_servers "$usable_nodes"
+"""
         srun_env = "" if self.launcher != "srun" else f"""\
     # srun starts every rank: they meet at the step's first node (the runtime takes its
     # rank from SLURM_PROCID).
@@ -266,7 +289,7 @@ record() {{  # one line of the run's attempts: event, attempt, more JSON fields
 }}
 
 {requeue}
-
+{warm}
 while :; do
     attempt="$(grep -c '"event": "start"' "$attempts_file" 2>/dev/null)"
     attempt="${{attempt:-0}}"
@@ -287,8 +310,8 @@ while :; do
         echo "pitstop: could not ask Slurm for the allocation's nodes (status $placement_status); the run stops here" >&2
         exit 1
     fi
-    read -r step_nodes rdzv_host <<< "$placement"
-    # The record first, then the line: an agent that starts following the output between
+    read -r step_nodes rdzv_host usable_nodes <<< "$placement"
+{start_warm}    # The record first, then the line: an agent that starts following the output between
     # the two reads this attempt from the record, and the line only confirms it.
     record start "$attempt" ", \\"nodes\\": \\"$step_nodes\\""
     echo "pitstop: attempt $attempt of job $SLURM_JOB_ID: the step starts on $step_nodes" >&2

@@ -121,6 +121,7 @@ SCHEMA: Schema = {
         "signal_seconds": Field("int", default=60),
         "rdzv_port": Field("int", default=29500),
         "launcher": Field("str", default="torchrun"),
+        "warm_start": Field("bool", default=False),
     },
     "run": {
         "dir": _opt("str"),

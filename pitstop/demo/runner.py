@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
 from pitstop.demo.timeline import Attempt, FaultInjected, StepSeen, Summary, format_summary, summarize
 from pitstop.fsutil import write_json_atomic
+from pitstop.recipes.warm import training_ranks
 from pitstop.rundir import ATTEMPT_LINE, iter_progress, list_checkpoints, read_attempts
 from pitstop.slurm import Slurm, SlurmError
 from pitstop.testbed.cluster import Testbed
@@ -146,7 +145,7 @@ class Demo:
     def _launch(self) -> None:
         layout = self.testbed.layout
         args = [sys.executable, "-m", "pitstop", "recipes", "launch", RECIPE, "cluster.nodes=2",
-                f"cluster.spare_nodes={SPARE_NODES}", "cluster.launcher=srun",
+                f"cluster.spare_nodes={SPARE_NODES}", "cluster.launcher=srun", "cluster.warm_start=true",
                 f"cluster.procs_per_node={self.options.procs_per_node}", f"trainer.max_steps={self.options.steps}",
                 f"run.root={layout.jobs_dir / 'runs'}",
                 f"cluster.rdzv_port={free_port_block(1)}", *self.options.overrides, "--json"]
@@ -412,7 +411,7 @@ class Demo:
             detail = self.testbed.inject(target, "nccl-timeout")
             text = "an NCCL watchdog timeout in the job's log"
         elif kind == "stall":
-            ranks = _rank_pids(self.run_dir)
+            ranks = training_ranks(self.run_dir, self.job_id)
             if not ranks:
                 raise DemoError("no training rank to stop")
             os.kill(ranks[-1], signal.SIGSTOP)
@@ -434,16 +433,6 @@ class Demo:
                 pass
         if not self.options.keep:
             self.testbed.down()
-
-
-def _rank_pids(run_dir: Path) -> list[int]:
-    pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if str(run_dir) in cmdline and "pitstop.recipes.train" in cmdline and \
-                not any("torchrun" in c for c in cmdline[:2]):
-            pids.append(proc.info["pid"])
-    return sorted(pids)
 
 
 def _resumed_step(out: Path, attempt: int) -> tuple[int, float]:

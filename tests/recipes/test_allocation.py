@@ -21,11 +21,12 @@ JOB = Job(job_id="7", nodes=["n1", "n2", "n3"], batch_host="n1")
 def test_all_healthy_takes_the_first_nodes_and_keeps_the_spare():
     chosen = pick(JOB, _nodes(n1="mixed", n2="allocated", n3="allocated"), 2)
     assert chosen.fits and chosen.step == ["n1", "n2"] and chosen.give_back == []
+    assert chosen.spares == ["n3"]
 
 
 def test_a_drained_node_is_replaced_by_the_spare_and_given_back():
     chosen = pick(JOB, _nodes(n1="mixed", n2="mixed+drain", n3="allocated"), 2)
-    assert chosen.step == ["n1", "n3"] and chosen.give_back == ["n2"]
+    assert chosen.step == ["n1", "n3"] and chosen.give_back == ["n2"] and chosen.spares == []
 
 
 def test_down_failed_rebooting_and_unresponsive_nodes_are_not_used():

@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
+from pitstop.recipes.warm import training_ranks
 from pitstop.rundir import iter_progress, latest_complete_checkpoint, list_checkpoints, read_attempts, read_heartbeat
 from pitstop.testbed.config import free_port_block
 from pitstop.waiting import wait_until
@@ -105,28 +106,26 @@ def test_scontrol_requeue_resumes_with_the_same_losses(testbed, slurm, baseline)
     assert assert_same_losses_after_resume(run_dir, losses(baseline)) > 1
 
 
-def _rank_processes(run_dir: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if str(run_dir) in cmdline and "pitstop.recipes.train" in cmdline and \
-                not any("torchrun" in c for c in cmdline[:2]):
-            found.append(proc)
-    return found
-
-
-def test_killed_rank_resumes_from_the_newest_checkpoint(testbed, slurm, baseline):
-    job_id, run_dir = launch(testbed)
+def test_killed_rank_restarts_warm_from_the_newest_checkpoint(testbed, slurm, baseline):
+    """A rank is killed: the batch script starts the step again in its allocation (no
+    requeue, same nodes), and with `cluster.warm_start` the new ranks are forked by the
+    servers that have torch imported already; the losses are the uninterrupted run's."""
+    job_id, run_dir = launch(testbed, "cluster.launcher=srun", "cluster.warm_start=true")
+    servers = run_dir / "warm-servers.log"
+    wait_until(lambda: servers.exists() and servers.read_text().count(" ready on ") == 2, 120,
+               interval=0.2, what="a warm server on both nodes")
     wait_step(run_dir, 14)
-    ranks = wait_until(lambda: _rank_processes(run_dir), 10, what="the training ranks")
-    ranks[-1].send_signal(signal.SIGKILL)
+    ranks = wait_until(lambda: training_ranks(run_dir, job_id), 10, what="the training ranks")
+    os.kill(ranks[-1], signal.SIGKILL)
     job = wait_finished(slurm, job_id)
-    # The batch script started the step again in its allocation: no requeue, same nodes.
     assert job.state == "COMPLETED" and job.restart_count == 0
     starts = [r for r in read_attempts(run_dir) if r["event"] == "start"]
     assert [r["attempt"] for r in starts] == [0, 1] and starts[0]["nodes"] == starts[1]["nodes"]
     ends = [r for r in read_attempts(run_dir) if r["event"] == "end"]
     assert ends[0]["status"] != 0 and ends[-1]["status"] == 0
+    forked = re.findall(r"forked pid \d+: pitstop.recipes.train \S+ \(attempt 1, step \d+, task (\d+)\)",
+                        servers.read_text())
+    assert sorted(forked) == ["0", "1", "2", "3"], servers.read_text()
     first = assert_same_losses_after_resume(run_dir, losses(baseline))
     assert first == 11  # the newest complete checkpoint before the kill was step 10
 

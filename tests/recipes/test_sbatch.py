@@ -154,6 +154,12 @@ def test_run_dir_sbatch_cannot_take_is_refused(bad):
 # (as srun does for a step that Slurm ended on a node failure).
 
 FAKE_SRUN = """#!/bin/bash
+if [[ "$1" == --overlap ]]; then  # a warm server: lives a while, or dies at once on FAKE_WARM_DIES
+    echo "$@" >> "$FAKE_LOG/warm.args"
+    [[ "$*" == *"--nodelist=${FAKE_WARM_DIES:-none} "* ]] && exit 1
+    for i in $(seq 100); do sleep 0.05; done
+    exit 0
+fi
 echo "$@" >> "$FAKE_LOG/srun.args"
 echo "$PITSTOP_ATTEMPT" >> "$FAKE_LOG/srun.attempts"
 trap 'echo USR1 > "$FAKE_LOG/step.signal"; exit 1' USR1
@@ -268,6 +274,38 @@ def test_a_failed_step_starts_again_in_the_allocation(fake_slurm):
     assert "starting it again in the allocation from the newest checkpoint (restart 2 of at most 2)" in result.stderr
     assert [r["status"] for r in _attempts(script_path) if r["event"] == "end"] == [1, 1, 0]
     assert "requeue" not in _calls(log, "scontrol")  # no queue wait, no new allocation
+
+
+def test_a_warm_start_keeps_a_server_on_every_usable_node(tmp_path):
+    """cluster.warm_start: before each attempt a server is started on every usable node,
+    spares too, that has none alive (one that died is started again), and the step's
+    ranks are the warm client."""
+    bin_dir, log, run_dir = tmp_path / "bin", tmp_path / "log", tmp_path / "run"
+    _fake_bin(bin_dir, srun=FAKE_SRUN, scontrol=FAKE_SCONTROL, python=FAKE_PYTHON)
+    log.mkdir()
+    run_dir.mkdir()
+    cfg = compose(TINY, ["cluster.max_restarts=2", "cluster.launcher=srun", "cluster.warm_start=true"])
+    script_path = tmp_path / "job.sbatch"
+    script = SbatchScript.from_config(cfg, run_dir, chdir=tmp_path, torchrun=TORCHRUN)
+    script_path.write_text(replace(script, python=bin_dir / "python").render())
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
+           "SLURM_JOB_ID": "4242", "FAKE_FAILS": "1", "FAKE_WARM_DIES": "node-b",
+           "FAKE_PLACEMENT": "node-a,node-b 10.1.2.3 node-a,node-b,node-c"}
+    env.pop("SLURM_RESTART_COUNT", None)
+    result = _run(script_path, env)
+    assert result.returncode == 0, result.stderr
+    servers = [re.search(r"--nodelist=(\S+)", line).group(1) for line in (log / "warm.args").read_text().splitlines()]
+    assert sorted(servers) == ["node-a", "node-b", "node-b", "node-c"]
+    assert all(line.endswith(f"{bin_dir / 'python'} -m pitstop.recipes.warm serve")
+               for line in (log / "warm.args").read_text().splitlines())
+    steps = (log / "srun.args").read_text().splitlines()
+    assert len(steps) == 2
+    assert all(line.endswith(f"-m pitstop.recipes.warm run pitstop.recipes.train {run_dir}") for line in steps)
+
+
+def test_a_warm_start_needs_the_srun_launcher():
+    with pytest.raises(RecipeError, match="cluster.warm_start=true: needs cluster.launcher: srun"):
+        compose(TINY, ["cluster.warm_start=true"])
 
 
 def test_a_step_that_ends_0_without_finishing_is_started_again(fake_slurm):

@@ -1,0 +1,136 @@
+"""The warm start: a real server (torch imported) forks the rank a real client asks for;
+the client stands for the rank — its streams, environment, working directory, signals and
+exit status — and a rank whose client is killed dies with it. Without a server the client
+runs the module itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pitstop.recipes.warm import RANK_NAME, WarmError, private_dir, socket_path
+from pitstop.waiting import wait_until
+
+PROBE = textwrap.dedent('''
+    """A stand-in rank: reports what it got, then does what its arguments say."""
+    import os, signal, sys, time
+    from pathlib import Path
+
+    out = Path(sys.argv[1])
+    signal.signal(signal.SIGUSR1, lambda *_: (out.with_suffix(".usr1").write_text("x"), sys.exit(7)))
+    line = sys.stdin.readline().strip()
+    out.write_text(f"{os.getpid()} {os.getppid()} {os.getcwd()} {os.environ.get('PROBE_VALUE')} {line}")
+    print("to stdout", flush=True)
+    print("to stderr", file=sys.stderr, flush=True)
+    if sys.argv[2] == "wait":
+        while True:
+            time.sleep(0.05)
+    sys.exit(int(sys.argv[2]))
+''')
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """One server for the module, as a job's step would run it (its socket under TMPDIR)."""
+    base = tmp_path_factory.mktemp("warm")
+    (base / "probe_rank.py").write_text(PROBE)
+    env = {**os.environ, "SLURM_JOB_ID": "31", "SLURMD_NODENAME": "nodeA", "TMPDIR": str(base),
+           "PYTHONPATH": str(base)}
+    server = subprocess.Popen([sys.executable, "-m", "pitstop.recipes.warm", "serve"], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    path = socket_path(env)
+    try:
+        wait_until(lambda: path.exists() or server.poll() is not None, 120, interval=0.1,
+                   what="the warm server to listen")
+        assert server.poll() is None, server.stderr.read()
+        yield base, env, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _client(env, tmp_path, *args, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pitstop.recipes.warm", "run", "probe_rank", *args],
+                            env=env, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_the_server_forks_a_rank_that_gets_the_clients_streams_env_cwd_and_status(warm, tmp_path):
+    _, env, server = warm
+    out = tmp_path / "probe.txt"
+    client = _client({**env, "PROBE_VALUE": "mine"}, tmp_path, str(out), "5")
+    stdout, stderr = client.communicate("hello\n", timeout=60)
+    assert client.returncode == 5, stderr
+    assert stdout == "to stdout\n" and "to stderr" in stderr
+    pid, parent, cwd, value, line = out.read_text().split()
+    assert int(parent) == server.pid  # forked, not a fresh interpreter
+    assert int(pid) != client.pid and cwd == str(tmp_path) and value == "mine" and line == "hello"
+
+
+def test_a_signal_to_the_client_reaches_the_rank(warm, tmp_path):
+    _, env, _ = warm
+    out = tmp_path / "probe.txt"
+    client = _client(env, tmp_path, str(out), "wait")
+    client.stdin.write("x\n")
+    client.stdin.flush()
+    wait_until(out.exists, 30, interval=0.05, what="the rank to start")
+    assert psutil.Process(int(out.read_text().split()[0])).name() == RANK_NAME
+    client.send_signal(signal.SIGUSR1)
+    client.communicate(timeout=30)
+    assert client.returncode == 7 and out.with_suffix(".usr1").exists()
+
+
+def test_a_killed_client_takes_its_rank_with_it(warm, tmp_path):
+    _, env, _ = warm
+    out = tmp_path / "probe.txt"
+    client = _client(env, tmp_path, str(out), "wait")
+    client.stdin.write("x\n")
+    client.stdin.flush()
+    wait_until(out.exists, 30, interval=0.05, what="the rank to start")
+    rank = psutil.Process(int(out.read_text().split()[0]))
+    client.kill()  # what `scancel --signal=KILL JOB.STEP` does to a step's tasks
+    client.communicate(timeout=30)
+    wait_until(lambda: not rank.is_running() or rank.status() == psutil.STATUS_ZOMBIE, 10,
+               interval=0.05, what="the rank to end with its client")
+
+
+def test_a_rank_killed_by_a_signal_ends_its_client_by_the_same_signal(warm, tmp_path):
+    _, env, _ = warm
+    out = tmp_path / "probe.txt"
+    client = _client(env, tmp_path, str(out), "wait")
+    client.stdin.write("x\n")
+    client.stdin.flush()
+    wait_until(out.exists, 30, interval=0.05, what="the rank to start")
+    os.kill(int(out.read_text().split()[0]), signal.SIGKILL)
+    client.communicate(timeout=30)
+    assert client.returncode == -signal.SIGKILL
+
+
+def test_without_a_server_the_client_runs_the_module_itself(warm, tmp_path):
+    _, env, _ = warm
+    out = tmp_path / "probe.txt"
+    client = _client({**env, "SLURM_JOB_ID": "32"}, tmp_path, str(out), "3")  # no server for job 32
+    stdout, stderr = client.communicate("cold\n", timeout=60)
+    assert client.returncode == 3, stderr
+    pid, *_rest, line = out.read_text().split()
+    assert int(pid) == client.pid and line == "cold"  # exec'd in place: the same process
+
+
+def test_the_socket_directory_must_be_private(tmp_path):
+    shared = tmp_path / f"pitstop-warm-{os.getuid()}"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(WarmError, match=f"{shared}: must be a directory owned by uid .* with mode 0700"):
+        private_dir(shared / "1-n.sock")
+
+
+def test_outside_a_slurm_step_there_is_no_socket():
+    with pytest.raises(WarmError, match="not inside a Slurm step"):
+        socket_path({})
