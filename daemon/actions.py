@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 from pitstop.model import FENCE_CLASSES, PITSTOP_REASON_PREFIX, Job, Node
+from pitstop.rundir import WARM_STEP_NAME
 from pitstop.slurm import Slurm, SlurmError
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ class NodeActions:
         if not self.restarts_in_allocation(job):
             return self._call("requeue", lambda: self.slurm.requeue(job.job_id), job_id=job.job_id)
         try:
-            steps = self.slurm.steps(job.job_id)
+            steps = self.slurm.steps(job.job_id, exclude_names=[WARM_STEP_NAME])  # warm servers stay
             doomed = [step for step, nodes in steps.items() if not only_on_this_node or self.node in nodes]
             self.slurm.kill_steps(job.job_id, doomed)
         except SlurmError as exc:

@@ -103,8 +103,11 @@ class InstallPlan:
         hook = lambda name: self.installed(self.hook_dir / name)
         scheduler = current.get("schedulerparameters", "")
         params = [p for p in scheduler.split(",") if p]
-        if "nohold_on_prolog_fail" not in params:
-            params.append("nohold_on_prolog_fail")
+        # A prolog failure requeues unheld; a job may grow back onto a free node after
+        # using its spare (pitstop.recipes.allocation).
+        for wanted in ("nohold_on_prolog_fail", "permit_job_expansion"):
+            if wanted not in params:
+                params.append(wanted)
         flags = [f for f in current.get("prologflags", "").split(",") if f]
         if "Alloc" not in flags:
             flags.append("Alloc")

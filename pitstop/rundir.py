@@ -50,6 +50,9 @@ EXIT_REASONS = ("finished", "stopped", "segment_end")
 # The batch script's line in the job's output as it starts a step: what follows in the
 # output belongs to that attempt (the agent's job-log source reads it).
 ATTEMPT_LINE = re.compile(r"^pitstop: attempt (\d+) of job (\S+): ")
+# The name of a warm start's server steps (`cluster.warm_start`): they are no training
+# step, and outlive its restarts (the agent ends the training step, never these).
+WARM_STEP_NAME = "pitstop-warm"
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 

@@ -199,3 +199,58 @@ def test_set_down_and_update_job(slurm, testbed):
         slurm.update_job(job_id, **{"TimeLimit=1 Partition": "x"})
     slurm.cancel(job_id)
     slurm.resume("node[1-4]")
+
+
+def test_a_running_job_gives_back_and_grows_again_and_again(slurm, testbed):
+    """A node given back, a free one added, twice over, and a step runs on the added node:
+    a job resizes more than once only where Slurm keeps an accounting database (the
+    testbed runs slurmdbd, as clusters do). The helper allocation is gone afterwards."""
+    import subprocess
+
+    job_id = submit(slurm, testbed, "sleep 300", "-N2", "-w", "node1,node2", "--no-kill", name="resizer")
+    slurm.wait_for(lambda s: s.job(job_id).running, 20, what="the job to run")
+    drained: list[str] = []
+    try:
+        for _ in range(2):
+            leaving = next(n for n in slurm.job(job_id).nodes if n != "node1")
+            slurm.shrink_job(job_id, ["node1"])
+            slurm.drain(leaving, "pitstop: given back")  # so the growth takes a node new to the job
+            drained.append(leaving)
+            assert slurm.job(job_id).nodes == ["node1"]
+            added = slurm.grow_job(slurm.job(job_id), 1)
+            assert len(added) == 1 and added[0] not in ["node1", *drained]
+            assert slurm.job(job_id).nodes == sorted(["node1", *added])
+        step = subprocess.run(["srun", f"--jobid={job_id}", "--overlap", "-N1", "-n1", f"-w{added[0]}",
+                               "printenv", "SLURMD_NODENAME"], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, **testbed.layout.env()})
+        assert step.returncode == 0 and step.stdout.strip() == added[0], step.stderr
+        assert [j.job_id for j in slurm.jobs() if not j.finished] == [job_id]
+    finally:
+        slurm.cancel(job_id)
+        for node in drained:
+            slurm.resume(node)
+
+
+def test_grow_finds_no_free_node_and_says_so_with_nothing(slurm, testbed):
+    job_id = submit(slurm, testbed, "sleep 300", "-N1", "-w", "node1", "--no-kill", name="crowded")
+    slurm.wait_for(lambda s: s.job(job_id).running, 20, what="the job to run")
+    slurm.drain("node[2-4]", "pitstop: nothing free")
+    try:
+        assert slurm.grow_job(slurm.job(job_id), 1, immediate_s=1) == []
+        assert slurm.job(job_id).nodes == ["node1"]
+        assert [j.job_id for j in slurm.jobs() if not j.finished] == [job_id]
+    finally:
+        slurm.cancel(job_id)
+        slurm.resume("node[2-4]")
+
+
+def test_steps_leave_out_the_named_ones(slurm, testbed):
+    job_id = submit(slurm, testbed, "srun -N1 -n1 -J keepme sleep 300 &\nsrun -N1 -n1 --overlap -J doomed sleep 300 &\nwait",
+                    "-N1", "-w", "node3", name="named")
+    try:
+        steps = slurm.wait_for(lambda s: len(found := s.steps(job_id)) == 2 and found, 20,
+                               what="both steps to run")
+        kept = slurm.steps(job_id, exclude_names=["keepme"])
+        assert len(kept) == 1 and set(kept) < set(steps) and list(kept.values()) == [["node3"]]
+    finally:
+        slurm.cancel(job_id)

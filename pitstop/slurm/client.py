@@ -61,6 +61,10 @@ class SlurmVersion:
 _NODE_EXPR = re.compile(r"^[A-Za-z0-9._\-\[\],]+$")
 _JOB_ID = re.compile(r"^\d+(_\d+)?(\+\d+)?$")
 _RESV_NAME = re.compile(r"^[A-Za-z0-9._\-]+$")
+# salloc --immediate found no node for a job to grow onto (busy, or none left to ask for).
+_NONE_FREE = re.compile(r"Unable to allocate resources|Requested node configuration is not available|"
+                        r"Required node not available|Immediate execution impossible|"
+                        r"Requested nodes are busy|Job violates")
 
 
 class Slurm:
@@ -227,16 +231,16 @@ class Slurm:
             args.append("--batch")
         self.run(args + [str(job_id)])
 
-    def steps(self, job_id: str) -> dict[str, list[str]]:
+    def steps(self, job_id: str, exclude_names: Sequence[str] = ()) -> dict[str, list[str]]:
         """The job's running srun steps (`JOB.N`, not its batch or extern step), each with
-        the nodes it runs on."""
+        the nodes it runs on; steps named in `exclude_names` are left out."""
         _check_job(job_id)
-        out = self.run(["squeue", "--noheader", "--steps", f"--jobs={job_id}", "--format=%i %N"])
+        out = self.run(["squeue", "--noheader", "--steps", f"--jobs={job_id}", "--format=%i %N %j"])
         pattern = re.compile(rf"{re.escape(str(job_id))}\.\d+")
         steps = {}
         for line in out.splitlines():
-            step, _, nodes = line.strip().partition(" ")
-            if pattern.fullmatch(step):
+            step, nodes, name = (line.strip().split(" ", 2) + ["", ""])[:3]
+            if pattern.fullmatch(step) and name not in exclude_names:
                 steps[step] = expand(nodes.strip()) if nodes.strip() else []
         return steps
 
@@ -260,6 +264,52 @@ class Slurm:
         nodes = _node_arg(list(keep))
         with tempfile.TemporaryDirectory(prefix="pitstop-resize-") as cwd:
             self.run(["scontrol", "update", f"jobid={job_id}", f"NodeList={nodes}"], cwd=cwd)
+
+    def grow_job(self, job: Job, count: int, immediate_s: int = 2) -> list[str]:
+        """Add up to `count` free nodes to a running job, by Slurm's job expansion: an
+        allocation (no shell) that depends on the job with `expand:`, away from its nodes
+        and with its per-node resources, emptied into it (`NumNodes=0` moves its nodes to
+        the job, the job's `NumNodes=ALL` lets its steps use them). The nodes added; []
+        when none is free within `immediate_s`. (A job resizes more than once only where
+        Slurm keeps an accounting database: without slurmdbd the second resize fails.)
+        Raises SlurmError when Slurm refuses (without SchedulerParameters=
+        permit_job_expansion: "Requested operation not supported on this system")."""
+        import tempfile
+
+        _check_job(job.job_id)
+        args = ["salloc", "--no-shell", f"--immediate={immediate_s}", f"--nodes={count}",
+                f"--dependency=expand:{job.job_id}", f"--job-name={job.name or 'job'}-grow"]
+        if job.nodes:
+            args.append(f"--exclude={_node_arg(job.nodes)}")
+        if job.partition:
+            args.append(f"--partition={job.partition}")
+        if job.reservation:
+            args.append(f"--reservation={job.reservation}")
+        gres = ",".join(g.removeprefix("gres:") for g in job.tres_per_node.split(",") if g)
+        if gres:
+            args.append(f"--gres={gres}")
+        details = self.job_details(job.job_id)  # the new nodes get what each of the job's has
+        if details.get("MinCPUsNode", "").isdigit() and int(details["MinCPUsNode"]) > 1:
+            args.append(f"--mincpus={details['MinCPUsNode']}")
+        if re.fullmatch(r"[1-9]\d*[KMGT]?", details.get("MinMemoryNode", "")):
+            args.append(f"--mem={details['MinMemoryNode']}")
+        if details.get("OverSubscribe") == "NO":
+            args.append("--exclusive")
+        with tempfile.TemporaryDirectory(prefix="pitstop-resize-") as cwd:
+            proc = self.run_full(args, check=False, timeout=immediate_s + self.timeout, cwd=cwd)
+            granted = re.search(r"Granted job allocation (\d+)", proc.stderr)
+            if granted is None:
+                if proc.returncode != 0 and not _NONE_FREE.search(proc.stderr):
+                    raise SlurmError(args, proc.returncode, proc.stderr)
+                return []
+            helper = granted.group(1)
+            try:
+                self.run(["scontrol", "update", f"jobid={helper}", "NumNodes=0"], cwd=cwd)
+                self.run(["scontrol", "update", f"jobid={job.job_id}", "NumNodes=ALL"], cwd=cwd)
+            finally:
+                self.run(["scancel", helper], check=False)
+        grown = self.job(job.job_id)
+        return [n for n in (grown.nodes if grown else []) if n not in job.nodes]
 
     def hold(self, job_id: str) -> None:
         _check_job(job_id)

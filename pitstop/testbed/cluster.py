@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from pitstop.slurm import Slurm, SlurmError
-from pitstop.testbed import faults
+from pitstop.testbed import accounting, faults
 from pitstop.testbed.config import (DEFAULT_DIR, LENIENT_THRESHOLDS, Layout, free_port_block,
                                     render_gres_conf, render_hooks_config, render_slurm_conf)
 from pitstop.fsutil import write_atomic
@@ -70,7 +70,8 @@ class Testbed:
            agent_args: list[str] | None = None) -> Layout:
         if os.geteuid() != 0:
             raise TestbedError("the testbed runs slurmctld, slurmd and munged as root: run as root")
-        ensure_packages(DEBIAN_PACKAGES, list(BINARIES.values()))
+        ensure_packages(DEBIAN_PACKAGES + accounting.PACKAGES,
+                        list(BINARIES.values()) + list(accounting.BINARIES.values()))
         layout = Layout.load(self.dir)
         if layout is not None:
             if (layout.nodes, layout.gpus_per_node) != (nodes, gpus_per_node) and self._any_running(layout):
@@ -185,12 +186,13 @@ class Testbed:
             raise TestbedError(f"at most {len(faults.GPU_BUS_IDS)} GPUs per node")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)  # munged runs as its own user and must reach its socket dir
-        for sub in ("state", "spool", "run", "log", "munge", "etc", "kmsg", "dev", "jobs"):
+        for sub in ("state", "spool", "run", "log", "munge", "etc", "kmsg", "dev", "jobs", "db"):
             shutil.rmtree(self.dir / sub, ignore_errors=True)
-        base = free_port_block(nodes + 1)
+        base = free_port_block(nodes + 3)
         layout = Layout(dir=self.dir, nodes=nodes, gpus_per_node=gpus_per_node,
                         cpus_per_node=cpus_per_node, ctld_port=base,
-                        node_ports=[base + 1 + i for i in range(nodes)])
+                        node_ports=[base + 1 + i for i in range(nodes)],
+                        db_port=base + nodes + 1, dbd_port=base + nodes + 2)
         for sub in ("state", "run", "log", "etc", "kmsg", "dev", "jobs"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "jobs").chmod(0o1777)
@@ -203,6 +205,7 @@ class Testbed:
         for index in range(gpus_per_node):
             os.mknod(layout.dev_dir / f"nvidia{index}", 0o666 | 0o020000, os.makedev(195, index))
         self._make_munge_key(layout)
+        accounting.create(layout)
         self._write_reboot_program(layout)
         for name in layout.node_names:
             self.new_boot(layout, name)
@@ -247,6 +250,7 @@ class Testbed:
     def _start_missing(self, layout: Layout) -> None:
         if not procs.alive(layout.munge_pid, "munged"):
             self._start_munged(layout)
+        accounting.start(layout)
         if not procs.alive(layout.ctld_pid, "slurmctld"):
             procs.run_daemon([BINARIES["slurmctld"], "-f", str(layout.slurm_conf), "-i"], "slurmctld")
             procs.wait(lambda: procs.alive(layout.ctld_pid, "slurmctld"), 10, "slurmctld to start",
@@ -324,6 +328,7 @@ class Testbed:
         for node in layout.node_names:
             stopped += procs.stop(layout.slurmd_pid(node), "slurmd", timeout)
         stopped += procs.stop(layout.ctld_pid, "slurmctld", timeout)
+        stopped += accounting.stop(layout, timeout)
         stopped += self._stop_stepds(layout, timeout)
         stopped += procs.stop(layout.munge_pid, "munged", timeout)
         return stopped
@@ -362,7 +367,7 @@ class Testbed:
 
     def _any_running(self, layout: Layout) -> bool:
         return bool(procs.alive(layout.ctld_pid, "slurmctld") or procs.alive(layout.munge_pid, "munged")
-                    or any(procs.alive(layout.slurmd_pid(n), "slurmd") for n in layout.node_names))
+                    or accounting.running(layout) or any(procs.alive(layout.slurmd_pid(n), "slurmd") for n in layout.node_names))
 
     # --- status -----------------------------------------------------------------------
 
@@ -371,6 +376,8 @@ class Testbed:
         if layout is None:
             return {"dir": str(self.dir), "exists": False, "processes": {}, "nodes": []}
         processes = {"munged": procs.alive(layout.munge_pid, "munged"),
+                     "mariadbd": procs.alive(layout.db_pid, "mariadbd"),
+                     "slurmdbd": procs.alive(layout.dbd_pid, "slurmdbd"),
                      "slurmctld": procs.alive(layout.ctld_pid, "slurmctld")}
         for node in layout.node_names:
             processes[f"slurmd {node}"] = procs.alive(layout.slurmd_pid(node), "slurmd")

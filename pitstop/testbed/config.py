@@ -34,6 +34,8 @@ class Layout:
     ssh_port: int = 0
     agents: bool = False
     agent_ports: list[int] = field(default_factory=list)
+    db_port: int = 0  # MariaDB, for slurmdbd (pitstop.testbed.accounting)
+    dbd_port: int = 0  # slurmdbd
 
     @property
     def node_names(self) -> list[str]:
@@ -70,6 +72,26 @@ class Layout:
     @property
     def log_dir(self) -> Path:
         return self.dir / "log"
+
+    @property
+    def slurmdbd_conf(self) -> Path:
+        return self.dir / "etc" / "slurmdbd.conf"
+
+    @property
+    def db_dir(self) -> Path:
+        return self.dir / "db"
+
+    @property
+    def db_init(self) -> Path:
+        return self.db_dir / "init.sql"
+
+    @property
+    def db_pid(self) -> Path:
+        return self.db_dir / "run" / "mariadbd.pid"
+
+    @property
+    def dbd_pid(self) -> Path:
+        return self.run_dir / "slurmdbd.pid"
 
     @property
     def ctld_pid(self) -> Path:
@@ -192,14 +214,19 @@ def render_slurm_conf(layout: Layout) -> str:
         "CommunicationParameters=NoInAddrAny",
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
-        "AccountingStorageType=accounting_storage/none",
+        # slurmdbd, as on a production cluster: without it a job resizes only once.
+        "AccountingStorageType=accounting_storage/slurmdbd",
+        "AccountingStorageHost=localhost",
+        f"AccountingStoragePort={layout.dbd_port}",
+        f"AccountingStoragePass={layout.munge_socket}",  # slurmdbd's munge socket
         "JobCompType=jobcomp/filetxt",
         f"JobCompLoc={layout.log_dir / 'jobcomp.log'}",
         "JobAcctGatherType=jobacct_gather/none",
         "MailProg=/bin/true",
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core",
-        "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=1,bf_interval=1",
+        "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=1,bf_interval=1,"
+        "permit_job_expansion",
         "SlurmdParameters=config_overrides",
         "ReturnToService=1",
         "JobRequeue=1",

@@ -50,13 +50,22 @@ def user_ids(name: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def run_daemon(args: list[str], what: str) -> None:
+def run_daemon(args: list[str], what: str, env: dict[str, str] | None = None) -> None:
     """Start a daemon that forks into the background itself; fail with its own words."""
     proc = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=30)
+                          timeout=30, env={**os.environ, **env} if env else None)
     if proc.returncode != 0:
         raise TestbedError(f"{what} did not start (exit {proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
+
+
+def port_open(port: int) -> bool:
+    """Something listens on this loopback port."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _read_pid(path: Path) -> int | None:

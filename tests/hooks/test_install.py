@@ -83,7 +83,7 @@ def test_install_then_uninstall_leaves_the_prefix_as_it_was(tmp_path):
     assert values["epilog"] == "/usr/local/libexec/pitstop/epilog"
     assert values["healthcheckprogram"] == "/usr/local/libexec/pitstop/healthcheck"
     assert values["healthcheckinterval"] == "300"
-    assert values["schedulerparameters"] == "bf_continue,bf_window=4320,nohold_on_prolog_fail"
+    assert values["schedulerparameters"] == "bf_continue,bf_window=4320,nohold_on_prolog_fail,permit_job_expansion"
     assert values["rebootprogram"] == "/usr/local/sbin/site-reboot"  # the site's own is kept
     assert (root / "etc/slurm/slurm.conf.pitstop-backup").read_text() == SLURM_CONF
     again = CliRunner().invoke(hooks, ["install", "--prefix", str(root)])
