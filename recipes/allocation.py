@@ -12,9 +12,21 @@ allocation's usable nodes, spares too (where a warm start's servers run):
 
     node1,node3 127.0.0.1 node1,node3,node4
 
+When fewer than NODES usable nodes are left, it first asks Slurm for free nodes to add
+to the job (job expansion, `Slurm.grow_job`): a restart on a node that came back beats a
+requeue.
+
+`--keep TOTAL` is the batch script's background keeper: while the step runs it grows the
+allocation back to TOTAL usable nodes (a spare used by an earlier fault is replaced once a
+node is free again), gives back unusable nodes the running step does not use (a fenced
+spare; a node Slurm would not let go of before), and prints the usable nodes, spares too,
+on one line.
+
 Exit 0: printed. Exit 4: fewer than NODES usable nodes, or the batch host itself is no
 longer usable (the batch shell cannot leave its node): the job must be requeued.
-Exit 1: Slurm could not be asked; the message says why.
+Exit 5 (`--keep`): Slurm does not let jobs grow here (SchedulerParameters lacks
+permit_job_expansion); the keeper stops asking. Exit 1: Slurm could not be asked; the
+message says why.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from typing import Sequence
 from pitstop.model import Job, Node
 
 EXIT_REQUEUE = 4
+EXIT_CANNOT_GROW = 5
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class StepNodes:
     spares: list[str] = field(default_factory=list)
     give_back: list[str] = field(default_factory=list)
     unusable_reason: str = ""  # set when the job must be requeued instead
+    too_few: bool = False  # the reason is too few usable nodes (more may be added)
 
     @property
     def fits(self) -> bool:
@@ -53,7 +67,7 @@ def pick(job: Job, nodes: dict[str, Node], need: int) -> StepNodes:
         return StepNodes(give_back=give_back,
                          unusable_reason=f"the batch host {job.batch_host} is no longer usable ({state})")
     if len(usable) < need:
-        return StepNodes(give_back=give_back, unusable_reason=(
+        return StepNodes(give_back=give_back, too_few=True, unusable_reason=(
             f"{len(usable)} usable node(s) left in the allocation ({', '.join(usable) or 'none'}), "
             f"{need} needed"))
     return StepNodes(step=usable[:need], spares=usable[need:], give_back=give_back)
@@ -68,15 +82,88 @@ def rendezvous_address(node: Node) -> str:
         return node.address or node.name
 
 
+def _grow(slurm, job: Job, count: int) -> list[str]:
+    """Free nodes added to the job, [] when none is free; says which on stderr."""
+    added = slurm.grow_job(job, count, immediate_s=1)
+    if added:
+        print(f"pitstop: job {job.job_id} grew by {', '.join(added)}", file=sys.stderr)
+    return added
+
+
+def give_back(slurm, job: Job, nodes: list[str]) -> bool:
+    """Give `nodes` back to Slurm, so that they can be rebooted or replaced. A refusal is
+    not the run's end: the step runs without them, and the keeper tries again later.
+    (Slurm refuses to resize a job twice when it keeps no accounting database.)"""
+    from pitstop.slurm import SlurmError
+
+    try:
+        slurm.shrink_job(job.job_id, [n for n in job.nodes if n not in nodes])
+    except SlurmError as exc:
+        print(f"pitstop: could not give back {', '.join(nodes)} from job {job.job_id} ({exc}); "
+              "the step runs without them", file=sys.stderr)
+        return False
+    print(f"pitstop: gave back {', '.join(nodes)} (no longer usable) from job {job.job_id}", file=sys.stderr)
+    job.nodes[:] = [n for n in job.nodes if n not in nodes]
+    return True
+
+
+def keep(slurm, job_id: str, total: int, running: set[str]) -> int:
+    """The keeper's round: give back unusable nodes the running step does not use, grow
+    back toward `total` usable nodes, print the usable ones."""
+    from pitstop.slurm import SlurmError
+
+    job = slurm.job(job_id)
+    if job is None:
+        print(f"pitstop: Slurm does not know job {job_id}", file=sys.stderr)
+        return 1
+    by_name = {n.name: n for n in slurm.nodes()}
+    usable = [name for name in job.nodes if name in by_name and by_name[name].available]
+    idle_unusable = [n for n in job.nodes if n not in usable and n not in running and n != job.batch_host]
+    if idle_unusable:
+        give_back(slurm, job, idle_unusable)
+    status = 0
+    if len(usable) < total:
+        try:
+            usable += _grow(slurm, job, total - len(usable))
+        except SlurmError as exc:
+            print(f"pitstop: job {job_id} cannot grow back to {total} nodes: {exc}", file=sys.stderr)
+            status = EXIT_CANNOT_GROW if "not supported" in str(exc) else 1
+    print(",".join(usable))
+    return status
+
+
+def _running_step_nodes() -> set[str]:
+    """The nodes of the attempt running now, from the run's attempts (the batch script's
+    PITSTOP_RUN_DIR): the keeper never gives those back under a running step."""
+    import os
+    from pathlib import Path
+
+    from pitstop.rundir import read_attempts
+
+    run_dir = os.environ.get("PITSTOP_RUN_DIR")
+    records = read_attempts(Path(run_dir)) if run_dir else []
+    if records and records[-1].get("event") == "start":
+        return set(str(records[-1].get("nodes", "")).split(","))
+    return set()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pitstop.recipes.allocation",
                                      description="The nodes of this job's allocation the next step runs on.")
     parser.add_argument("job_id")
     parser.add_argument("nodes", type=int, help="how many nodes the step needs")
+    parser.add_argument("--keep", type=int, metavar="TOTAL",
+                        help="grow the allocation back to TOTAL nodes and print the usable ones")
     args = parser.parse_args(argv)
     from pitstop.slurm import Slurm, SlurmError
 
     slurm = Slurm()
+    if args.keep is not None:
+        try:
+            return keep(slurm, args.job_id, args.keep, _running_step_nodes())
+        except SlurmError as exc:
+            print(f"pitstop: {exc}", file=sys.stderr)
+            return 1
     try:
         job = slurm.job(args.job_id)
         if job is None:
@@ -84,10 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         by_name = {n.name: n for n in slurm.nodes()}
         chosen = pick(job, by_name, args.nodes)
+        if chosen.too_few:  # ask for free nodes, pick again (the unusable are given back below)
+            try:
+                added = _grow(slurm, job, args.nodes - (len(job.nodes) - len(chosen.give_back)))
+            except SlurmError as exc:
+                print(f"pitstop: job {args.job_id} cannot grow: {exc}", file=sys.stderr)
+                added = []
+            if added:
+                job = slurm.job(args.job_id) or job
+                by_name = {n.name: n for n in slurm.nodes()}
+                chosen = pick(job, by_name, args.nodes)
         if chosen.fits and chosen.give_back:
-            slurm.shrink_job(args.job_id, [n for n in job.nodes if n not in chosen.give_back])
-            print(f"pitstop: gave back {', '.join(chosen.give_back)} (no longer usable) from job "
-                  f"{args.job_id}", file=sys.stderr)
+            give_back(slurm, job, chosen.give_back)
     except SlurmError as exc:
         print(f"pitstop: {exc}", file=sys.stderr)
         return 1

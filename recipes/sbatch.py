@@ -40,13 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from pitstop.recipes.errors import RecipeError
-from pitstop.rundir import ATTEMPTS, LAST_EXIT
+from pitstop.rundir import ATTEMPTS, LAST_EXIT, WARM_STEP_NAME
 
 TRAIN_MODULE = "pitstop.recipes.train"
 WARM_MODULE = "pitstop.recipes.warm"
 # torchrun's default list plus SIGUSR1: torchrun forwards these to its workers.
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 EXIT_TOO_MANY_RESTARTS = 3
+KEEPER_INTERVAL_S = 3
+KEEPER_RETRY_S = 6
 
 
 def default_python() -> Path:
@@ -186,6 +188,56 @@ class SbatchScript:
         return [launcher] + [[option] for option in options] + [
             ["-m", self.module, '"$PITSTOP_RUN_DIR"']]
 
+    def _keeper(self) -> str:
+        """The background keeper: it grows the allocation back to nodes + spares once a
+        node is free again (a spare a fault used is replaced before the next fault needs
+        it), and with `warm_start` keeps a warm server on every usable node, spares too,
+        so that a restart on a spare is warm as well. It asks Python only when the
+        allocation's size changed or is short."""
+        warm = "" if not self.warm_start else f"""\
+declare -A warm_pids=()
+start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on each usable node without one
+    local node pid nodes
+    IFS=, read -ra nodes <<< "$1"
+    for node in "${{nodes[@]}}"; do
+        pid="${{warm_pids[$node]:-}}"
+        if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+            srun --overlap --job-name={WARM_STEP_NAME} --nodes=1 --ntasks=1 --nodelist="$node" --kill-on-bad-exit=0 \\
+                "$python" -m {WARM_MODULE} serve >> "$PITSTOP_RUN_DIR/warm-servers.log" 2>&1 &
+            warm_pids[$node]=$!
+        fi
+    done
+}}
+"""
+        start = "" if not self.warm_start else """\
+        start_warm_servers "$usable"
+"""
+        return f"""\
+{warm}keep_allocation() {{  # in the background: regrow used spares{"; a warm server on every usable node" if self.warm_start else ""}
+    local usable="" seen="" count grow_to={self.nodes + self.spare_nodes} status asked=-1000 have
+    while :; do
+        # Ask again when the allocation changed, or (not more often than every
+        # {KEEPER_RETRY_S} s) while it is short of usable nodes or holds unusable ones.
+        count="$(squeue -h -j "$SLURM_JOB_ID" -o %D 2>/dev/null)"
+        IFS=, read -ra have <<< "$usable"
+        if [[ -z "$usable" || "$count" != "$seen" ]] || \
+                (( (${{#have[@]}} < grow_to || ${{#have[@]}} < ${{count:-0}}) && SECONDS - asked >= {KEEPER_RETRY_S} )); then
+            usable="$("$python" -m pitstop.recipes.allocation "$SLURM_JOB_ID" "$train_nodes" --keep "$grow_to")"
+            status=$?
+            if (( status == 5 )); then
+                grow_to=0  # Slurm does not let jobs grow here: only watch
+            fi
+            asked=$SECONDS
+            seen="$(squeue -h -j "$SLURM_JOB_ID" -o %D 2>/dev/null)"
+        fi
+{start}        sleep "${{PITSTOP_KEEPER_INTERVAL_S:-{KEEPER_INTERVAL_S}}}"
+    done
+}}
+keep_allocation &
+keeper_pid=$!
+trap 'kill "$keeper_pid" 2>/dev/null' EXIT
+"""
+
     def render(self) -> str:
         header = [
             "#!/bin/bash",
@@ -231,24 +283,7 @@ requeue_job() {  # why, the status to end with
         if [[ "$caught_signal" == USR1 ]]; then
             echo "pitstop: the step ended (status $step_status) after SIGUSR1; cluster.requeue is false, so the job is not requeued" >&2
         fi"""
-        warm = "" if not self.warm_start else f"""\
-declare -A warm_pids=()
-start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on each usable node without one
-    local node pid nodes
-    IFS=, read -ra nodes <<< "$1"
-    for node in "${{nodes[@]}}"; do
-        pid="${{warm_pids[$node]:-}}"
-        if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
-            srun --overlap --nodes=1 --ntasks=1 --nodelist="$node" --kill-on-bad-exit=0 \\
-                "$python" -m {WARM_MODULE} serve >> "$PITSTOP_RUN_DIR/warm-servers.log" 2>&1 &
-            warm_pids[$node]=$!
-        fi
-    done
-}}
-"""
-        start_warm = "" if not self.warm_start else """\
-    start_warm_servers "$usable_nodes"
-"""
+        keeper = "" if not (self.warm_start or self.spare_nodes) else self._keeper()
         srun_env = "" if self.launcher != "srun" else f"""\
     # srun starts every rank: they meet at the step's first node (the runtime takes its
     # rank from SLURM_PROCID).
@@ -270,6 +305,7 @@ fi
 echo "pitstop: job $SLURM_JOB_ID, restart $restart_count of at most $max_restarts, run dir $PITSTOP_RUN_DIR" >&2
 
 caught_signal=""
+quick_failures=0
 wait_interrupted=""
 step_pid=""
 forward_signal() {{
@@ -289,7 +325,7 @@ record() {{  # one line of the run's attempts: event, attempt, more JSON fields
 }}
 
 {requeue}
-{warm}
+{keeper}
 while :; do
     attempt="$(grep -c '"event": "start"' "$attempts_file" 2>/dev/null)"
     attempt="${{attempt:-0}}"
@@ -310,12 +346,13 @@ while :; do
         echo "pitstop: could not ask Slurm for the allocation's nodes (status $placement_status); the run stops here" >&2
         exit 1
     fi
-    read -r step_nodes rdzv_host usable_nodes <<< "$placement"
-{start_warm}    # The record first, then the line: an agent that starts following the output between
+    read -r step_nodes rdzv_host _ <<< "$placement"
+    # The record first, then the line: an agent that starts following the output between
     # the two reads this attempt from the record, and the line only confirms it.
     record start "$attempt" ", \\"nodes\\": \\"$step_nodes\\""
     echo "pitstop: attempt $attempt of job $SLURM_JOB_ID: the step starts on $step_nodes" >&2
     export PITSTOP_ATTEMPT="$attempt"
+    step_started=$SECONDS
 {srun_env}
     {srun} &
     step_pid=$!
@@ -357,7 +394,19 @@ while :; do
         echo "pitstop: the step failed (status $step_status) and job $SLURM_JOB_ID has used its $max_restarts restarts; the run stops here" >&2
         exit $(( step_status == 0 ? 1 : step_status ))
     fi
+    # A step that fails at once, again and again (it cannot even be created), waits a
+    # little longer each time instead of spending the restarts in a few seconds.
+    if (( SECONDS - step_started < 10 )); then
+        quick_failures=$(( quick_failures + 1 ))
+    else
+        quick_failures=0
+    fi
+    backoff=$(( quick_failures > 1 ? (1 << (quick_failures - 2 < 5 ? quick_failures - 2 : 5)) : 0 ))
     echo "pitstop: the step failed (status $step_status); starting it again in the allocation from the newest checkpoint (restart $((attempt + 1)) of at most $max_restarts)" >&2
+    if (( backoff > 0 )); then
+        echo "pitstop: the last $quick_failures steps failed within 10 s; waiting $backoff s first" >&2
+        sleep "$backoff"
+    fi
 done
 """
         return "\n".join(header) + "\n\n" + body

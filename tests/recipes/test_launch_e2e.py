@@ -130,20 +130,56 @@ def test_killed_rank_restarts_warm_from_the_newest_checkpoint(testbed, slurm, ba
     assert first == 11  # the newest complete checkpoint before the kill was step 10
 
 
-def test_stopped_slurmd_requeues_and_resumes(testbed, slurm, baseline):
-    # Slurm needs ~30 s to call a silent node dead; slow the steps (a sleep, the losses
-    # are the same) so the run is still going when it does.
-    job_id, run_dir = launch(testbed, "trainer.step_delay=2", "trainer.checkpoint.interval=5")
+def test_a_fenced_node_is_replaced_by_the_spare_and_the_spare_grows_back(testbed, slurm, baseline):
+    """Two nodes fenced in turn, the way the agent fences (drain, end the training step):
+    each time the step starts again in the allocation on the spare, and in between the
+    batch script's keeper grows the job back onto the free node, so the second fence
+    finds a spare too. No requeue; the losses are the uninterrupted run's."""
+    job_id, run_dir = launch(testbed, "cluster.spare_nodes=1", "trainer.step_delay=0.3")
+    fenced: list[str] = []
+    try:
+        for round_, step in enumerate((5, 12)):
+            wait_step(run_dir, step)
+            job = slurm.wait_for(lambda s: (j := s.job(job_id)) and len(j.nodes) == 3 and j, 60,
+                                 interval=0.3, what="the job to hold its two nodes and a spare")
+            running = next(r for r in reversed(read_attempts(run_dir)) if r["event"] == "start")
+            victim = next(n for n in running["nodes"].split(",") if n != job.batch_host)
+            slurm.drain(victim, "pitstop: test fence")
+            fenced.append(victim)
+            slurm.kill_steps(job_id, list(slurm.steps(job_id)))
+            wait_until(lambda: len([r for r in read_attempts(run_dir) if r["event"] == "start"]) == round_ + 2,
+                       60, interval=0.2, what=f"restart {round_ + 1} in the allocation")
+        job = wait_finished(slurm, job_id)
+    finally:
+        for node in fenced:
+            slurm.resume(node)
+    assert job.state == "COMPLETED" and job.restart_count == 0
+    starts = [r for r in read_attempts(run_dir) if r["event"] == "start"]
+    assert len(starts) == 3 and all(node not in starts[i + 1]["nodes"] for i, node in enumerate(fenced))
+    assert "grew by" in (run_dir / f"slurm-{job_id}.out").read_text()
+    assert_same_losses_after_resume(run_dir, losses(baseline))
+
+
+def test_stopped_slurmd_restarts_the_step_on_a_node_the_job_grows_onto(testbed, slurm, baseline):
+    """A node's slurmd dies under a job with no spare, and the node is set DOWN (what the
+    agent's slurmd watch does within seconds; Slurm alone takes half a minute): the step
+    fails, the batch script finds too few nodes left, grows the job onto a free node and
+    starts the step again there. No requeue; the losses carry on."""
+    job_id, run_dir = launch(testbed, "trainer.step_delay=0.3", "trainer.checkpoint.interval=5")
     wait_step(run_dir, 6)
     job = slurm.job(job_id)
     victim = [n for n in job.nodes if n != job.batch_host][0]
     testbed.inject(victim, "slurmd-stop")
+    slurm.set_down(victim, "pitstop: slurmd_down test")
     try:
-        requeued = slurm.wait_for(lambda s: (j := s.job(job_id)) and j.restart_count >= 1 and j, 120,
-                                  interval=1, what="Slurm to requeue the job off the dead node")
-        assert requeued.restart_count == 1
+        wait_until(lambda: len([r for r in read_attempts(run_dir) if r["event"] == "start"]) == 2, 120,
+                   interval=0.5, what="the step to start again off the dead node")
         job = wait_finished(slurm, job_id)
     finally:
         testbed.inject(victim, "slurmd-start")
-    assert job.state == "COMPLETED"
+        slurm.resume(victim)
+    assert job.state == "COMPLETED" and job.restart_count == 0
+    starts = [r for r in read_attempts(run_dir) if r["event"] == "start"]
+    assert victim in starts[0]["nodes"] and victim not in starts[1]["nodes"]
+    assert "grew by" in (run_dir / f"slurm-{job_id}.out").read_text()
     assert assert_same_losses_after_resume(run_dir, losses(baseline)) > 1

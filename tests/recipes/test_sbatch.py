@@ -165,6 +165,7 @@ echo "$PITSTOP_ATTEMPT" >> "$FAKE_LOG/srun.attempts"
 trap 'echo USR1 > "$FAKE_LOG/step.signal"; exit 1' USR1
 trap 'echo TERM > "$FAKE_LOG/step.signal"; exit 143' TERM
 touch "$FAKE_LOG/step.started"
+sleep "${FAKE_STEP_DELAY:-0}"
 if [[ -n "${FAKE_STEP_WAIT:-}" ]]; then
     while :; do sleep 0.05; done
 fi
@@ -184,6 +185,11 @@ echo "$@" >> "$FAKE_LOG/scontrol.calls"
 """
 
 FAKE_PYTHON = """#!/bin/bash
+if [[ "$*" == *--keep* ]]; then  # the background keeper: the usable nodes
+    echo "$@" >> "$FAKE_LOG/keeper.calls"
+    echo "${FAKE_USABLE:-node-a,node-b}"
+    exit 0
+fi
 echo "$@" >> "$FAKE_LOG/python.calls"
 calls=$(wc -l < "$FAKE_LOG/python.calls")
 if [[ -n "${FAKE_PLACEMENT_STATUS:-}" ]] && (( calls >= ${FAKE_PLACEMENT_FROM:-1} )); then
@@ -277,11 +283,12 @@ def test_a_failed_step_starts_again_in_the_allocation(fake_slurm):
 
 
 def test_a_warm_start_keeps_a_server_on_every_usable_node(tmp_path):
-    """cluster.warm_start: before each attempt a server is started on every usable node,
-    spares too, that has none alive (one that died is started again), and the step's
-    ranks are the warm client."""
+    """cluster.warm_start: the keeper starts a server on every usable node, spares too,
+    that has none alive (one that died is started again), and the step's ranks are the
+    warm client."""
     bin_dir, log, run_dir = tmp_path / "bin", tmp_path / "log", tmp_path / "run"
-    _fake_bin(bin_dir, srun=FAKE_SRUN, scontrol=FAKE_SCONTROL, python=FAKE_PYTHON)
+    _fake_bin(bin_dir, srun=FAKE_SRUN, scontrol=FAKE_SCONTROL, python=FAKE_PYTHON,
+              squeue='#!/bin/bash\necho "${FAKE_NODE_COUNT:-3}"\n')
     log.mkdir()
     run_dir.mkdir()
     cfg = compose(TINY, ["cluster.max_restarts=2", "cluster.launcher=srun", "cluster.warm_start=true"])
@@ -290,12 +297,14 @@ def test_a_warm_start_keeps_a_server_on_every_usable_node(tmp_path):
     script_path.write_text(replace(script, python=bin_dir / "python").render())
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
            "SLURM_JOB_ID": "4242", "FAKE_FAILS": "1", "FAKE_WARM_DIES": "node-b",
-           "FAKE_PLACEMENT": "node-a,node-b 10.1.2.3 node-a,node-b,node-c"}
+           "FAKE_USABLE": "node-a,node-b,node-c", "FAKE_STEP_DELAY": "0.6", "PITSTOP_KEEPER_INTERVAL_S": "0.2"}
     env.pop("SLURM_RESTART_COUNT", None)
     result = _run(script_path, env)
     assert result.returncode == 0, result.stderr
     servers = [re.search(r"--nodelist=(\S+)", line).group(1) for line in (log / "warm.args").read_text().splitlines()]
-    assert sorted(servers) == ["node-a", "node-b", "node-b", "node-c"]
+    assert servers.count("node-a") == 1 and servers.count("node-c") == 1 and servers.count("node-b") >= 2
+    assert _calls(log, "keeper").splitlines()[0].split() == [
+        "-m", "pitstop.recipes.allocation", "4242", "2", "--keep", "2"]
     assert all(line.endswith(f"{bin_dir / 'python'} -m pitstop.recipes.warm serve")
                for line in (log / "warm.args").read_text().splitlines())
     steps = (log / "srun.args").read_text().splitlines()
