@@ -98,8 +98,11 @@ class StallDetector:
             # Left by the run before a requeue: this run has not made its first step yet,
             # and start-up (imports, rendezvous, loading the checkpoint) is not a stall.
             return
+        new_attempt = attempt is not None and self.attempt is not None and int(attempt) != self.attempt
         self.attempt = int(attempt) if attempt is not None else None
-        if self.step is None or step < self.step:  # first beat, or a restart from a checkpoint
+        # First beat, a restart from a checkpoint, or the first beat of a new attempt (its
+        # first step can be the step the last attempt reached: the clock starts afresh).
+        if self.step is None or step < self.step or new_attempt:
             self.step, self.advanced_at = step, reached_at
             self.reported_step = None
             return

@@ -71,6 +71,18 @@ def test_a_restart_from_a_checkpoint_resets_the_step():
     assert detector.step == 90 and detector.reported_step is None
 
 
+def test_a_new_attempt_at_the_step_the_last_one_reached_starts_the_clock_afresh():
+    """The last attempt beat step 10 and was ended; the restart resumes from step 9's
+    checkpoint, and its first beat is step 10 again, six seconds later: no stall."""
+    detector = StallDetector("n1", "42", k=5, floor_s=5)
+    for step in range(1, 11):
+        detector.observe({"step": step, "time": float(step), "step_time": 1.0, "attempt": 7}, float(step))
+    assert detector.observe({"step": 10, "time": 16.0, "step_time": 1.5, "attempt": 8}, 16.0) == []
+    assert detector.observe({"step": 10, "time": 16.0, "attempt": 8}, 20.0) == []
+    assert detector.step == 10 and detector.advanced_at == 16.0
+    assert len(detector.observe({"step": 10, "time": 16.0, "attempt": 8}, 21.5)) == 1  # a real stall still is
+
+
 def test_a_heartbeat_from_before_watching_does_not_count():
     detector = StallDetector("n1", "42", floor_s=60, watching_since=1000.0)
     assert detector.observe(beat(7, 10.0), 1001.0) == []  # left over from the run before
