@@ -102,13 +102,14 @@ def restart_phases(demo: Demo) -> dict[str, list[float]]:
 
 
 def blocking_seconds(run_dir: Path) -> list[float]:
-    """The runtime's own report of how long each save blocked training."""
+    """The runtime's own report of how long each save blocked training (rank 0's line as
+    each checkpoint completes: an attempt that was ended never prints its totals)."""
     found = []
     for out in run_dir.glob("slurm-*.out"):
         for line in out.read_text(errors="replace").splitlines():
-            match = re.search(r"checkpoint saves blocked training for (.*) s", line)
+            match = re.search(r"checkpoint step \d+ complete \([0-9.]+s; blocked training ([0-9.]+)s\)", line)
             if match:
-                found += [float(x) for x in match.group(1).split(",") if x.strip()]
+                found.append(float(match.group(1)))
     return found
 
 

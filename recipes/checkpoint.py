@@ -291,7 +291,9 @@ class Checkpointer:
             write_atomic(path / rundir.COMPLETE_MARKER, json.dumps({"step": step, "time": time.time()}) + "\n")
             fsync_dir(path)
             self.prune()
-        log.info("checkpoint step %d complete (%.2fs)", step, self.stats.completed[-1])
+        # The save's own hold on training (the last one recorded: one save is in flight at a time).
+        log.info("checkpoint step %d complete (%.2fs; blocked training %.3fs)", step,
+                 self.stats.completed[-1], self.stats.blocked[-1] if self.stats.blocked else 0.0)
         return True
 
     def prune(self) -> None:

@@ -35,7 +35,7 @@ from pitstop.testbed.config import free_port_block
 
 RECIPE = "llama3-tiny-seq256-cpu-pretrain"
 FAULT_KINDS = ["xid79", "xid48", "nccl", "stall", "slurmd"]
-AGENT_ARGS = ["--stall-floor", "10", "--stall-k", "6"]
+AGENT_ARGS = ["--stall-floor", "5", "--stall-k", "6"]
 SPARE_NODES = 1  # the job holds a stand-in, so a fenced node costs a restart, not a requeue
 # srun starts the ranks itself: a restart saves torchrun's own start and rendezvous.
 # An agent stamps a decision with the start of the tick that read the line, which under
@@ -165,6 +165,7 @@ class Demo:
         deadline = time.time() + self.options.timeout_s
         first_start: float | None = None
         last_state = ""
+        held: set[str] = set()  # the running job's nodes, as last seen
         next_fault_at: float | None = None
         while time.time() < deadline:
             if self.cancelled.is_set():
@@ -181,6 +182,13 @@ class Demo:
                 self.say(f"job {self.job_id} {job.state.lower()}{where}"
                          + (f" (restart {job.restart_count})" if job.restart_count else ""))
                 last_state = job.state
+            elif job.running and held and set(job.nodes) != held:
+                gone, new = sorted(held - set(job.nodes)), sorted(set(job.nodes) - held)
+                if gone:
+                    self.say(f"job {self.job_id} gave back {', '.join(gone)}")
+                if new:
+                    self.say(f"job {self.job_id} grew by {', '.join(new)}: a spare again")
+            held = set(job.nodes) if job.running else set()
             self._read_progress()
             self._read_checkpoints()
             self._read_agent_events()
