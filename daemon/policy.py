@@ -246,6 +246,14 @@ def _clean(text: str) -> str:
 
 # ---------------------------------------------------------------- the history
 
+def _app_key(finding: Finding, job_id: str) -> str:
+    """What an app action was about: the symptom in this job, in this attempt of it when
+    the finding says (a restart in the allocation is a new attempt: the same symptom in
+    it is new, even when an older attempt's finding arrived after the restart)."""
+    attempt = f"@{finding.attempt}" if finding.attempt is not None else ""
+    return f"{_key(finding)}|{job_id}{attempt}"
+
+
 def _key(finding: Finding) -> str:
     return "|".join((finding.signal, finding.code, finding.device))
 
@@ -277,7 +285,7 @@ class History:
     in_service_since: float = 0.0  # fences before this (this boot) no longer hold
     seen: dict[str, list[float]] = field(default_factory=dict)  # key -> times
     fenced_keys: dict[str, float] = field(default_factory=dict)  # this boot: key -> when
-    app_acted: dict[str, float] = field(default_factory=dict)  # key|job -> when
+    app_acted: dict[str, float] = field(default_factory=dict)  # key|job[@attempt] -> when
     hardware: list[dict[str, Any]] = field(default_factory=list)  # recent hardware findings
     collectives: list[dict[str, Any]] = field(default_factory=list)  # recent job symptoms
     fences: list[dict[str, Any]] = field(default_factory=list)  # every boot: {time, cause, class}
@@ -286,8 +294,7 @@ class History:
         """A job (again) running here is a new run: what was done about its last run (a
         requeue for a stalled step, a collective timeout) must not hide the same symptom in
         this one, however soon it comes."""
-        suffix = f"|{job_id}"
-        self.app_acted = {k: t for k, t in self.app_acted.items() if not k.endswith(suffix)}
+        self.app_acted = {k: t for k, t in self.app_acted.items() if k.split("|")[-1].split("@")[0] != job_id}
 
     def start_boot(self, boot_id: str) -> bool:
         """A new boot forgets what was fenced this boot; True when the boot changed."""
@@ -342,7 +349,7 @@ class History:
             self.fences.append({"time": now, "cause": _cause(lead), "key": _key(lead),
                                 "class": decision.action_class, "boot_id": self.boot_id})
         if decision.action_class == "app" and not decision.duplicate:
-            self.app_acted[f"{key}|{decision.job_id}"] = now
+            self.app_acted[_app_key(finding, decision.job_id)] = now
         entry = {"time": now, **{k: getattr(finding, k) for k in
                                  ("signal", "code", "device", "message", "job_id", "source")}}
         if decision.hardware:
@@ -500,8 +507,7 @@ class Policy:
                                          rule=self.rule_for(hardware), cause=hardware,
                                          escalated_from="app", correlated=hardware,
                                          correlate=True)
-        app_key = f"{_key(finding)}|{finding.job_id}"
-        last = history.app_acted.get(app_key)
+        last = history.app_acted.get(_app_key(finding, finding.job_id))
         duplicate = last is not None and now - last < self.settings.app_dedup_window_s
         held = history.current_fence()
         why = (f"node already fenced ({held})" if held else

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pitstop.model import Finding
-from pitstop.rundir import read_heartbeat
+from pitstop.rundir import current_attempt, read_heartbeat
 
 EVIDENCE_CAP = 512
 
@@ -59,7 +59,17 @@ class StallDetector:
     def __post_init__(self) -> None:
         self.step_times = deque(self.step_times, maxlen=self.keep_steps)
 
-    def observe(self, heartbeat: dict[str, Any] | None, now: float) -> list[Finding]:
+    def observe(self, heartbeat: dict[str, Any] | None, now: float,
+                current_attempt: int | None = None) -> list[Finding]:
+        """`current_attempt`: the run's newest attempt (its batch script's record). A
+        heartbeat from an older one says nothing about this one, which is starting up:
+        the start-up limit holds until its first step."""
+        beat_attempt = _number(heartbeat.get("attempt")) if heartbeat is not None else None
+        if current_attempt is not None and beat_attempt is not None and beat_attempt < current_attempt:
+            heartbeat = None
+            if self.attempt != current_attempt:
+                self.step = self.advanced_at = self.reported_step = None
+                self.attempt, self.watching_since = current_attempt, now
         if heartbeat is not None:
             self._take(heartbeat, now)
         if self.step is None and self.watching_since is not None and self.reported_step is None:
@@ -69,7 +79,8 @@ class StallDetector:
                 return [Finding(node=self.node, signal="step_stall", code="", device="",
                                 message=f"no step in {now - self.watching_since:.0f}s since the run "
                                         f"started (start-up limit {limit:.0f}s)",
-                                evidence="", time=now, source="progress", job_id=self.job_id)]
+                                evidence="", time=now, source="progress", job_id=self.job_id,
+                                attempt=self.attempt)]
             return []
         if self.step is None or self.advanced_at is None or self.reported_step == self.step:
             return []
@@ -143,5 +154,5 @@ class ProgressWatcher:
     def poll(self, now: float) -> list[Finding]:
         found: list[Finding] = []
         for run_dir, detector in self._runs.values():
-            found.extend(detector.observe(self._read(run_dir), now))
+            found.extend(detector.observe(self._read(run_dir), now, current_attempt(run_dir)))
         return found

@@ -208,6 +208,20 @@ def test_a_stall_in_the_next_run_of_a_requeued_job_is_requeued_again_however_soo
     assert feed(history, finding("step_stall", device="", job_id="7"), 150.0).duplicate
 
 
+def test_an_older_attempts_late_finding_does_not_hide_the_same_symptom_in_the_new_one():
+    """Seen in the goodput campaign: attempt 3 started, then a stall finding of attempt 2
+    arrived (stale, not acted on); attempt 3's own stall seconds later must still act."""
+    from dataclasses import replace
+
+    history = History(boot_id="b1")
+    stall = finding("step_stall", device="", job_id="7")
+    assert feed(history, replace(stall, attempt=2), 100.0).requeues
+    history.job_started("7")  # attempt 3's line
+    assert feed(history, replace(stall, attempt=2), 104.0).requeues  # late, stale: the agent drops it
+    assert feed(history, replace(stall, attempt=3), 160.0).requeues  # not a duplicate of that one
+    assert feed(history, replace(stall, attempt=3), 170.0).duplicate  # the same attempt, again
+
+
 def test_a_collective_timeout_after_a_hardware_finding_fences_this_node():
     history = History(boot_id="b1")
     assert feed(history, finding("xid", "38", device="gpu1"), 100.0).action_class == "watch"

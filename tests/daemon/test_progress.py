@@ -83,6 +83,25 @@ def test_a_new_attempt_at_the_step_the_last_one_reached_starts_the_clock_afresh(
     assert len(detector.observe({"step": 10, "time": 16.0, "attempt": 8}, 21.5)) == 1  # a real stall still is
 
 
+def test_the_last_attempts_heartbeat_is_not_judged_while_the_next_one_starts():
+    """The batch script started attempt 1; the heartbeat still is attempt 0's, whose step
+    was ended: attempt 1 is starting up, so only the start-up limit (4 x floor) holds."""
+    detector = StallDetector("n1", "42", k=5, floor_s=5)
+    for step in range(1, 6):
+        detector.observe({"step": step, "time": float(step), "step_time": 1.0, "attempt": 0}, float(step), 0)
+    old = {"step": 5, "time": 5.0, "attempt": 0}
+    assert detector.observe(old, 6.0, current_attempt=1) == []
+    assert detector.observe(old, 25.0, current_attempt=1) == []  # 19 s of start-up: allowed
+    (finding,) = detector.observe(old, 26.5, current_attempt=1)
+    assert "no step in 20s" in finding.message and finding.attempt == 1
+    fresh = StallDetector("n1", "42", k=5, floor_s=5)
+    fresh.observe(old, 5.0, 0)
+    fresh.observe(old, 6.0, current_attempt=1)
+    assert fresh.observe({"step": 5, "time": 9.0, "attempt": 1}, 9.0, 1) == []  # its first step
+    assert fresh.observe({"step": 5, "time": 9.0, "attempt": 1}, 13.0, 1) == []
+    assert len(fresh.observe({"step": 5, "time": 9.0, "attempt": 1}, 14.5, 1)) == 1
+
+
 def test_a_heartbeat_from_before_watching_does_not_count():
     detector = StallDetector("n1", "42", floor_s=60, watching_since=1000.0)
     assert detector.observe(beat(7, 10.0), 1001.0) == []  # left over from the run before
