@@ -50,6 +50,12 @@ class StallDetector:
     # When the job started (or the agent began watching it): a heartbeat left over from
     # before, e.g. by the run before a requeue, does not start the clock earlier.
     watching_since: float | None = None
+    # A (re)start's first steps are slow (cold caches, lazy set-up, a spare's neighbours
+    # starting up): for the first `settle_steps` steps the limit is at least
+    # settle_factor x floor_s (1: no allowance; the agent's watcher gives 2).
+    settle_steps: int = 3
+    settle_factor: float = 1.0
+    steps_seen: int = 0  # steps this attempt has advanced since its first beat
     step_times: deque = field(default_factory=deque)
     step: int | None = None
     advanced_at: float | None = None  # when `step` was reached (heartbeat time)
@@ -86,11 +92,15 @@ class StallDetector:
             return []
         waited = now - self.advanced_at
         limit = stall_limit(list(self.step_times), self.k, self.floor_s)
+        settling = self.steps_seen < self.settle_steps and self.settle_factor * self.floor_s > limit
+        if settling:
+            limit = self.settle_factor * self.floor_s
         if waited <= limit:
             return []
         self.reported_step = self.step
         median = statistics.median(self.step_times) if self.step_times else None
-        basis = (f"{self.k:g} x median step {median:.1f}s" if median is not None
+        basis = (f"{self.settle_factor:g} x floor {self.floor_s:g}s, the first steps of a start" if settling
+                 else f"{self.k:g} x median step {median:.1f}s" if median is not None
                  and self.k * median > self.floor_s else f"floor {self.floor_s:g}s")
         return [Finding(node=self.node, signal="step_stall", code="", device="",
                         message=f"step {self.step} stalled {waited:.0f}s (limit {limit:.0f}s: {basis})",
@@ -116,6 +126,7 @@ class StallDetector:
         if self.step is None or step < self.step or new_attempt:
             self.step, self.advanced_at = step, reached_at
             self.reported_step = None
+            self.steps_seen = 0
             return
         if step == self.step:
             return
@@ -127,6 +138,7 @@ class StallDetector:
         elif self.advanced_at is not None and reached_at > self.advanced_at:
             self.step_times.append((reached_at - self.advanced_at) / (step - self.step))
         self.step, self.advanced_at = step, reached_at
+        self.steps_seen += 1
 
 
 def _number(value: Any) -> float | None:
@@ -138,15 +150,17 @@ def _number(value: Any) -> float | None:
 class ProgressWatcher:
     """The I/O edge: one detector per job, each reading its run directory's heartbeat."""
 
-    def __init__(self, node: str, *, k: float = 5.0, floor_s: float = 300.0,
+    def __init__(self, node: str, *, k: float = 5.0, floor_s: float = 300.0, settle_factor: float = 2.0,
                  read: Callable[[Path], dict[str, Any] | None] = read_heartbeat) -> None:
         self.node, self.k, self.floor_s, self._read = node, k, floor_s, read
+        self.settle_factor = settle_factor
         self._runs: dict[str, tuple[Path, StallDetector]] = {}
 
     def watch(self, job_id: str, run_dir: Path | str, now: float) -> None:
         if str(job_id) not in self._runs:
             self._runs[str(job_id)] = (Path(run_dir), StallDetector(
-                self.node, str(job_id), k=self.k, floor_s=self.floor_s, watching_since=now))
+                self.node, str(job_id), k=self.k, floor_s=self.floor_s, watching_since=now,
+                settle_factor=self.settle_factor))
 
     def unwatch(self, job_id: str) -> None:
         self._runs.pop(str(job_id), None)

@@ -102,6 +102,17 @@ def test_the_last_attempts_heartbeat_is_not_judged_while_the_next_one_starts():
     assert len(fresh.observe({"step": 5, "time": 9.0, "attempt": 1}, 14.5, 1)) == 1
 
 
+def test_a_starts_first_steps_get_the_settling_allowance_then_the_usual_limit():
+    detector = StallDetector("n1", "42", k=5, floor_s=5, settle_factor=2.0, settle_steps=3)
+    detector.observe(beat(10, 0.0, 1.0), 0.0)  # the first beat of a restart
+    assert detector.observe(beat(10, 0.0), 9.0) == []  # a slow first step: 9 s of 10 allowed
+    for step, at in ((11, 9.0), (12, 10.0), (13, 11.0)):
+        assert detector.observe(beat(step, at, 1.0), at) == []
+    assert detector.steps_seen == 3
+    (finding,) = detector.observe(beat(13, 11.0), 16.5)  # settled: max(5, 5 x 1 s)
+    assert "floor 5s" in finding.message
+
+
 def test_a_heartbeat_from_before_watching_does_not_count():
     detector = StallDetector("n1", "42", floor_s=60, watching_since=1000.0)
     assert detector.observe(beat(7, 10.0), 1001.0) == []  # left over from the run before
@@ -130,7 +141,8 @@ def test_watcher_reads_the_run_directory(tmp_path):
     write_json_atomic(run / "heartbeat.json", {"step": 1, "time": 5.0, "step_time": 2.0})
     assert read_heartbeat(run)["step"] == 1
     assert watcher.poll(20.0) == []
-    (finding,) = watcher.poll(66.0)
-    assert finding.job_id == "42" and finding.node == "n1"
+    assert watcher.poll(66.0) == []  # the first steps of a start: twice the floor
+    (finding,) = watcher.poll(126.0)
+    assert finding.job_id == "42" and finding.node == "n1" and "the first steps of a start" in finding.message
     watcher.unwatch("42")
     assert watcher.poll(1000.0) == []
