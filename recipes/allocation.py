@@ -82,8 +82,37 @@ def rendezvous_address(node: Node) -> str:
         return node.address or node.name
 
 
+SETTLE_S = 15.0  # how long growth waits for steps still ending on nodes the job gave up
+
+
+def _settled(slurm, job_id: str) -> Job | None:
+    """The job once no step of it runs on a node it no longer holds, else None after
+    SETTLE_S: Slurm 22.05 miscounts a job's CPUs when a resize lands while such a step is
+    still being torn down (a node that failed under a step), and the next step then waits
+    for CPUs forever."""
+    import time
+
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        job = slurm.job(job_id)
+        if job is None:
+            return None
+        held = set(job.nodes)
+        if all(set(nodes) <= held for nodes in slurm.steps(job_id).values()):
+            return job
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
 def _grow(slurm, job: Job, count: int) -> list[str]:
     """Free nodes added to the job, [] when none is free; says which on stderr."""
+    settled = _settled(slurm, job.job_id)
+    if settled is None:
+        print(f"pitstop: job {job.job_id} still has steps ending on nodes it gave up; not growing now",
+              file=sys.stderr)
+        return []
+    job.nodes[:] = settled.nodes
     added = slurm.grow_job(job, count, immediate_s=1)
     if added:
         print(f"pitstop: job {job.job_id} grew by {', '.join(added)}", file=sys.stderr)

@@ -48,6 +48,9 @@ WARM_MODULE = "pitstop.recipes.warm"
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 EXIT_TOO_MANY_RESTARTS = 3
 KEEPER_INTERVAL_S = 3
+# A step Slurm cannot create within this long fails (and is started again) rather than
+# leaving the run waiting for CPUs forever (Slurm 22.05 can miscount a resized job's).
+STEP_CREATE_TIMEOUT_S = 60
 KEEPER_RETRY_S = 6
 
 
@@ -162,7 +165,7 @@ class SbatchScript:
         every one: no agent to import torch first, no rendezvous round, a faster restart;
         the runtime reads its rank from Slurm's task variables), then the module."""
         if self.launcher == "srun":
-            launcher = ["srun", "--kill-on-bad-exit=1", f"--nodes={self.nodes}",
+            launcher = ["srun", "--kill-on-bad-exit=1", f"--immediate={STEP_CREATE_TIMEOUT_S}", f"--nodes={self.nodes}",
                         f"--ntasks={self.nodes * self.procs_per_node}",
                         f"--ntasks-per-node={self.procs_per_node}", '--nodelist="$step_nodes"']
             if self.cpus_per_task is not None:
@@ -171,7 +174,8 @@ class SbatchScript:
             if self.warm_start:  # the rank is forked by the node's warm server (cold without one)
                 return [launcher, ["-m", WARM_MODULE, "run", self.module, '"$PITSTOP_RUN_DIR"']]
             return [launcher, ["-m", self.module, '"$PITSTOP_RUN_DIR"']]
-        launcher = ["srun", "--kill-on-bad-exit=1", f"--nodes={self.nodes}", f"--ntasks={self.nodes}",
+        launcher = ["srun", "--kill-on-bad-exit=1", f"--immediate={STEP_CREATE_TIMEOUT_S}", f"--nodes={self.nodes}",
+                    f"--ntasks={self.nodes}",
                     "--ntasks-per-node=1", '--nodelist="$step_nodes"']
         if self.cpus_per_task is not None:
             launcher.append(f"--cpus-per-task={self.cpus_per_task}")
@@ -202,7 +206,8 @@ start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on ea
     for node in "${{nodes[@]}}"; do
         pid="${{warm_pids[$node]:-}}"
         if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
-            srun --overlap --job-name={WARM_STEP_NAME} --nodes=1 --ntasks=1 --nodelist="$node" --kill-on-bad-exit=0 \\
+            srun --overlap --immediate={STEP_CREATE_TIMEOUT_S} --job-name={WARM_STEP_NAME} --nodes=1 --ntasks=1 \\
+                --nodelist="$node" --kill-on-bad-exit=0 \\
                 "$python" -m {WARM_MODULE} serve >> "$PITSTOP_RUN_DIR/warm-servers.log" 2>&1 &
             warm_pids[$node]=$!
         fi

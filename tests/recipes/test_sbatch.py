@@ -96,7 +96,7 @@ def test_optional_directives_follow_the_config():
 def test_run_dir_is_pinned_and_torchrun_line():
     text = _script(TINY).render()
     assert f"export PITSTOP_RUN_DIR={RUN_DIR}\n" in text
-    assert (f'srun --kill-on-bad-exit=1 --nodes=2 --ntasks=2 --ntasks-per-node=1 --nodelist="$step_nodes" '
+    assert (f'srun --kill-on-bad-exit=1 --immediate=60 --nodes=2 --ntasks=2 --ntasks-per-node=1 --nodelist="$step_nodes" '
             f"--cpus-per-task=2 {TORCHRUN} \\\n"
             "    --nnodes=2 \\\n    --nproc-per-node=2 \\\n"
             "    --rdzv-backend=c10d \\\n" '    --rdzv-endpoint="$rdzv_host:29500" \\\n'
@@ -117,7 +117,7 @@ def test_spare_nodes_are_allocated_but_the_step_keeps_its_size():
 
 def test_the_srun_launcher_starts_every_rank_itself():
     text = _script(TINY, ["cluster.launcher=srun"]).render()
-    assert ('srun --kill-on-bad-exit=1 --nodes=2 --ntasks=4 --ntasks-per-node=2 --nodelist="$step_nodes" '
+    assert ('srun --kill-on-bad-exit=1 --immediate=60 --nodes=2 --ntasks=4 --ntasks-per-node=2 --nodelist="$step_nodes" '
             "--cpus-per-task=1 /opt/pitstop/venv/bin/python \\\n"
             '    -m pitstop.recipes.train "$PITSTOP_RUN_DIR" &') in text
     assert 'export PITSTOP_LAUNCHER=srun MASTER_ADDR="$rdzv_host" MASTER_PORT=29500' in text
