@@ -134,6 +134,15 @@ class NodeActions:
         outcomes = [self._node_update(state, reason)]
         if not outcomes[0].ok:
             return outcomes
+        if action_class == "reboot":
+            # No state holds a rebooting node out: Slurm 22.05 with ReturnToService=1
+            # "returns to service" a nextstate=down node at a registration after its
+            # reboot and can hand it a pending job before the agent's drain (seen in CI).
+            # A maintenance reservation does hold it, whatever the node's state, until
+            # the agent's return check ends (`release_hold`). It comes first, before the
+            # node's jobs restart: a job growing back to its size must not take the node
+            # while the agent waits for it to empty (seen in the demo).
+            outcomes.append(self.hold_for_reboot(reason))
         if requeue_jobs:
             # A job that restarts in its allocation loses only its step here, which takes
             # no capacity away: it needs no wait for the breaker's verdict (1.5 s a fault).
@@ -143,6 +152,8 @@ class NodeActions:
         rank = after.rank(self.node)
         if rank is not None and rank >= after.allowed:
             self.slurm.resume(self.node)
+            if action_class == "reboot":
+                self.release_hold()
             outcomes.append(Outcome("unfence", reason=reason,
                                     detail=f"ranked {rank + 1} of {len(after.fenced)} fences, "
                                            f"{after.allowed} allowed: fence taken back"))
@@ -156,12 +167,6 @@ class NodeActions:
             # and Slurm 22.05 can hand it this node again before the agent's drain lands
             # (seen on the testbed: the node MIXED with the reboot's reason on it).
             self._wait_jobs_gone(self.JOBS_GONE_S)
-            # No state holds a rebooting node out: Slurm 22.05 with ReturnToService=1
-            # "returns to service" a nextstate=down node at a registration after its
-            # reboot and can hand it a pending job before the agent's drain (seen in CI).
-            # A maintenance reservation does hold it, whatever the node's state, until
-            # the agent's return check ends (`release_hold`).
-            outcomes.append(self.hold_for_reboot(reason))
             # nextstate=down: back from the reboot the node stays out until the agent's
             # return check passes (with ReturnToService=1; under 2 the agent drains it).
             outcomes.append(self._call("reboot", lambda: self.slurm.reboot(self.node, reason, nextstate="down"),

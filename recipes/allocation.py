@@ -123,9 +123,20 @@ def give_back(slurm, job: Job, nodes: list[str]) -> bool:
     """Give `nodes` back to Slurm, so that they can be rebooted or replaced. A refusal is
     not the run's end: the step runs without them, and the keeper tries again later.
     (Slurm refuses to resize a job twice when it keeps no accounting database.)"""
+    import time
+
     from pitstop.slurm import SlurmError
 
     try:
+        # No step may still run on them (a warm server, a step being torn down): Slurm
+        # 22.05 miscounts the job's CPUs when a resize takes a node from under a step, and
+        # every later step then waits for CPUs forever (seen on the testbed).
+        doomed = [step for step, on in slurm.steps(job.job_id).items() if set(on) & set(nodes)]
+        if doomed:
+            slurm.kill_steps(job.job_id, doomed)
+            deadline = time.monotonic() + SETTLE_S
+            while set(doomed) & set(slurm.steps(job.job_id)) and time.monotonic() < deadline:
+                time.sleep(0.2)
         slurm.shrink_job(job.job_id, [n for n in job.nodes if n not in nodes])
     except SlurmError as exc:
         print(f"pitstop: could not give back {', '.join(nodes)} from job {job.job_id} ({exc}); "

@@ -91,6 +91,10 @@ class Demo:
         self._slurm_restarts = 0
         self._stopped_ranks: list[int] = []
         self._rebooted: set[str] = set()  # nodes the agent rebooted: it returns them itself
+        self._reboot_expected: set[str] = set()  # XID 79 injected: the agent will reboot them
+        # Nodes whose agent has logged its fence (it logs once every action of it is done):
+        # the operator replaces a node only then, not while the agent still ends its steps.
+        self._fence_logged: set[str] = set()
         self.job_id = ""
         self.final_state = ""  # the job's state when the watch ended
         self.run_dir = Path()
@@ -345,6 +349,9 @@ class Demo:
         elif kind == "action":
             if event.get("action") == "reboot" and event.get("ok", True):
                 self._rebooted.add(node)
+                self._reboot_expected.discard(node)
+            if event.get("action") in ("drain", "down", "fail") and event.get("ok", True):
+                self._fence_logged.add(node)
             detail = event.get("reason") or event.get("detail") or ""
             job = f" job {event['job_id']}" if event.get("job_id") else ""
             status = "" if event.get("ok", True) else " (not done)"
@@ -393,7 +400,9 @@ class Demo:
             if not node.fenced_by_pitstop:
                 self._rebooted.discard(node.name)  # back in service: a later fault starts afresh
             elif (node.drained or node.failed or node.down) and node.name not in job.nodes \
-                    and node.name not in self._rebooted and node.name != self._stopped_slurmd:
+                    and node.name not in self._rebooted | self._reboot_expected \
+                    and node.name != self._stopped_slurmd and node.name in self._fence_logged:
+                self._fence_logged.discard(node.name)
                 self.slurm.resume(node.name)
                 self.say(f"{node.name} replaced with a healthy node (resumed by the operator)")
 
@@ -410,6 +419,7 @@ class Demo:
         target = self._step_nodes(job)[-1]
         now = time.time()
         if kind == "xid79":
+            self._reboot_expected.add(target)  # the agent reboots it and returns it itself: no operator
             detail = self.testbed.inject(target, "xid:79:1")
             text = "XID 79 on GPU 1 (fallen off the bus)"
         elif kind == "xid48":

@@ -37,7 +37,7 @@ TINY_CONFIG = {
     "cluster": {"nodes": 1, "spare_nodes": 0, "procs_per_node": 2, "gpus_per_node": 0, "cpus_per_task": None,
                 "partition": None, "reservation": None, "time": "00:10:00", "exclusive": False,
                 "requeue": True, "max_restarts": 3, "signal_seconds": 60, "rdzv_port": 29500,
-                "launcher": "torchrun"},
+                "launcher": "torchrun", "warm_start": False},
     "run": {"dir": None, "root": "./runs"},
 }
 

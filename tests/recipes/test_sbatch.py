@@ -165,6 +165,7 @@ echo "$PITSTOP_ATTEMPT" >> "$FAKE_LOG/srun.attempts"
 trap 'echo USR1 > "$FAKE_LOG/step.signal"; exit 1' USR1
 trap 'echo TERM > "$FAKE_LOG/step.signal"; exit 143' TERM
 touch "$FAKE_LOG/step.started"
+[[ -n "${FAKE_NO_HEARTBEAT:-}" ]] || echo "{\"step\": 1, \"attempt\": $PITSTOP_ATTEMPT}" > "$PITSTOP_RUN_DIR/heartbeat.json"
 sleep "${FAKE_STEP_DELAY:-0}"
 if [[ -n "${FAKE_STEP_WAIT:-}" ]]; then
     while :; do sleep 0.05; done
@@ -315,6 +316,17 @@ def test_a_warm_start_keeps_a_server_on_every_usable_node(tmp_path):
 def test_a_warm_start_needs_the_srun_launcher():
     with pytest.raises(RecipeError, match="cluster.warm_start=true: needs cluster.launcher: srun"):
         compose(TINY, ["cluster.warm_start=true"])
+
+
+def test_steps_that_never_start_twice_running_requeue_the_job(fake_slurm):
+    """Slurm would not create the step (no heartbeat of the attempt) twice: a fresh
+    allocation is the way out, not the rest of the restarts."""
+    script_path, log, env = fake_slurm
+    result = _run(script_path, env, FAKE_FAILS="3", FAKE_NO_HEARTBEAT="1")
+    assert result.returncode == 0, result.stderr
+    assert "the last 2 steps never started; requeueing job 4242" in result.stderr
+    assert "requeue 4242" in _calls(log, "scontrol")
+    assert len((log / "srun.attempts").read_text().split()) == 2
 
 
 def test_a_step_that_ends_0_without_finishing_is_started_again(fake_slurm):
