@@ -311,7 +311,6 @@ echo "pitstop: job $SLURM_JOB_ID, restart $restart_count of at most $max_restart
 
 caught_signal=""
 quick_failures=0
-unstarted=0
 wait_interrupted=""
 step_pid=""
 forward_signal() {{
@@ -399,16 +398,6 @@ while :; do
     if (( attempt >= max_restarts )); then
         echo "pitstop: the step failed (status $step_status) and job $SLURM_JOB_ID has used its $max_restarts restarts; the run stops here" >&2
         exit $(( step_status == 0 ? 1 : step_status ))
-    fi
-    # A step Slurm would not create twice running (no heartbeat of this attempt): a fresh
-    # allocation, by requeue, is the way out (Slurm 22.05 can miscount a resized job's CPUs).
-    if grep -q "\"attempt\": $attempt[,}}]" "$PITSTOP_RUN_DIR/heartbeat.json" 2>/dev/null; then
-        unstarted=0
-    else
-        unstarted=$(( unstarted + 1 ))
-    fi
-    if (( unstarted >= 2 )); then
-        requeue_job "the last $unstarted steps never started" 1
     fi
     # A step that fails at once, again and again (it cannot even be created), waits a
     # little longer each time instead of spending the restarts in a few seconds.

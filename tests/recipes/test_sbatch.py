@@ -318,17 +318,6 @@ def test_a_warm_start_needs_the_srun_launcher():
         compose(TINY, ["cluster.warm_start=true"])
 
 
-def test_steps_that_never_start_twice_running_requeue_the_job(fake_slurm):
-    """Slurm would not create the step (no heartbeat of the attempt) twice: a fresh
-    allocation is the way out, not the rest of the restarts."""
-    script_path, log, env = fake_slurm
-    result = _run(script_path, env, FAKE_FAILS="3", FAKE_NO_HEARTBEAT="1")
-    assert result.returncode == 0, result.stderr
-    assert "the last 2 steps never started; requeueing job 4242" in result.stderr
-    assert "requeue 4242" in _calls(log, "scontrol")
-    assert len((log / "srun.attempts").read_text().split()) == 2
-
-
 def test_a_step_that_ends_0_without_finishing_is_started_again(fake_slurm):
     script_path, log, env = fake_slurm
     result = _run(script_path, env, FAKE_NO_EXIT_LINE="1")
