@@ -10,8 +10,9 @@ names Slurm commands. What it guarantees:
   a step that fails — a rank died, the agent ended it over a fault, a node went down — is
   started again from the newest checkpoint on the allocation's healthy nodes, a spare in
   place of a fenced node (`pitstop.recipes.allocation` picks them and gives the fenced
-  ones back). Only when too few healthy nodes are left, or the batch host itself is
-  fenced, does the job requeue itself. Every start and end is a line in
+  ones back). Only when too few healthy nodes are left, the batch host itself is
+  fenced, or Slurm refuses to create the step twice running (srun's own failures end
+  with EXIT_STEP_REFUSED), does the job requeue itself. Every start and end is a line in
   `RUN_DIR/attempts.jsonl`, whose presence tells the agent to end this job's step rather
   than requeue it (`pitstop.rundir`);
 - restarts are bounded: past `cluster.max_restarts` starts of the step (Slurm's
@@ -51,6 +52,11 @@ KEEPER_INTERVAL_S = 3
 # A step Slurm cannot create within this long fails (and is started again) rather than
 # leaving the run waiting for CPUs forever (Slurm 22.05 can miscount a resized job's).
 STEP_CREATE_TIMEOUT_S = 60
+# srun's own failures (SLURM_EXIT_ERROR: the step could not be created) end with this
+# status, which tells them from the training's; REFUSED_STEPS_REQUEUE of them running
+# requeue the job: a fresh allocation is the way out of a job Slurm keeps refusing steps.
+EXIT_STEP_REFUSED = 75
+REFUSED_STEPS_REQUEUE = 2
 KEEPER_RETRY_S = 6
 
 
@@ -311,6 +317,7 @@ echo "pitstop: job $SLURM_JOB_ID, restart $restart_count of at most $max_restart
 
 caught_signal=""
 quick_failures=0
+refused_steps=0
 wait_interrupted=""
 step_pid=""
 forward_signal() {{
@@ -359,7 +366,7 @@ while :; do
     export PITSTOP_ATTEMPT="$attempt"
     step_started=$SECONDS
 {srun_env}
-    {srun} &
+    SLURM_EXIT_ERROR={EXIT_STEP_REFUSED} {srun} &
     step_pid=$!
     if [[ -n "$caught_signal" ]]; then
         kill -s "$caught_signal" "$step_pid" 2>/dev/null || true
@@ -398,6 +405,16 @@ while :; do
     if (( attempt >= max_restarts )); then
         echo "pitstop: the step failed (status $step_status) and job $SLURM_JOB_ID has used its $max_restarts restarts; the run stops here" >&2
         exit $(( step_status == 0 ? 1 : step_status ))
+    fi
+    # srun itself failed (it could not create the step: "Requested nodes are busy" for
+    # STEP_CREATE_TIMEOUT_S) again and again: the allocation is the trouble, not the run.
+    if (( step_status == {EXIT_STEP_REFUSED} )); then
+        refused_steps=$(( refused_steps + 1 ))
+    else
+        refused_steps=0
+    fi
+    if (( refused_steps >= {REFUSED_STEPS_REQUEUE} )); then
+        requeue_job "srun could not start the step $refused_steps times running (status {EXIT_STEP_REFUSED}: Slurm refused it)" 1
     fi
     # A step that fails at once, again and again (it cannot even be created), waits a
     # little longer each time instead of spending the restarts in a few seconds.

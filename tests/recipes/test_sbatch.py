@@ -150,7 +150,8 @@ def test_run_dir_sbatch_cannot_take_is_refused(bad):
 # --- the script's behaviour, run by bash with stand-in srun, scontrol and python -------
 # The stand-in python answers for pitstop.recipes.allocation; the stand-in srun plays the
 # runtime: it writes `last-exit` for its attempt when it ends with status 0, fails the
-# first FAKE_FAILS starts, and with FAKE_NO_EXIT_LINE ends 0 without saying it finished
+# first FAKE_FAILS starts (the first FAKE_REFUSED as srun does when Slurm will not create
+# the step: with SLURM_EXIT_ERROR's status), and with FAKE_NO_EXIT_LINE ends 0 without saying it finished
 # (as srun does for a step that Slurm ended on a node failure).
 
 FAKE_SRUN = """#!/bin/bash
@@ -162,6 +163,10 @@ if [[ "$1" == --overlap ]]; then  # a warm server: lives a while, or dies at onc
 fi
 echo "$@" >> "$FAKE_LOG/srun.args"
 echo "$PITSTOP_ATTEMPT" >> "$FAKE_LOG/srun.attempts"
+if (( $(wc -l < "$FAKE_LOG/srun.attempts") <= ${FAKE_REFUSED:-0} )); then  # as srun fails to create a step
+    echo "srun: error: Unable to create step for job $SLURM_JOB_ID: Requested nodes are busy" >&2
+    exit "$SLURM_EXIT_ERROR"
+fi
 trap 'echo USR1 > "$FAKE_LOG/step.signal"; exit 1' USR1
 trap 'echo TERM > "$FAKE_LOG/step.signal"; exit 143' TERM
 touch "$FAKE_LOG/step.started"
@@ -316,6 +321,29 @@ def test_a_warm_start_keeps_a_server_on_every_usable_node(tmp_path):
 def test_a_warm_start_needs_the_srun_launcher():
     with pytest.raises(RecipeError, match="cluster.warm_start=true: needs cluster.launcher: srun"):
         compose(TINY, ["cluster.warm_start=true"])
+
+
+def test_steps_slurm_refuses_twice_running_requeue_the_job(fake_slurm):
+    """srun could not create the step twice (a job Slurm 22.05 miscounted after resizes
+    is refused every step, forever): a fresh allocation is the way out, not the rest of
+    the restarts."""
+    script_path, log, env = fake_slurm
+    result = _run(script_path, env, FAKE_REFUSED="3")
+    assert result.returncode == 0, result.stderr
+    assert ("srun could not start the step 2 times running (status 75: Slurm refused it); "
+            "requeueing job 4242") in result.stderr
+    assert "requeue 4242" in _calls(log, "scontrol")
+    assert len((log / "srun.attempts").read_text().split()) == 2
+
+
+def test_one_refused_step_is_only_started_again(fake_slurm):
+    """A step refused once (the last one's CPUs were still being freed) and a training
+    failure after it are not two refusals in a row: no requeue."""
+    script_path, log, env = fake_slurm
+    result = _run(script_path, env, FAKE_REFUSED="1", FAKE_FAILS="2")
+    assert result.returncode == 0, result.stderr
+    assert [r["status"] for r in _attempts(script_path) if r["event"] == "end"] == [75, 1, 0]
+    assert "requeue" not in _calls(log, "scontrol")
 
 
 def test_a_step_that_ends_0_without_finishing_is_started_again(fake_slurm):
