@@ -6,9 +6,11 @@ allocation's nodes that Slurm still shows usable (not drained, failed, down, reb
 unresponsive), in allocation order, the first NODES of them for the step; the others
 stay as spares. Nodes no longer usable are given back to Slurm (`scontrol update
 jobid=… NodeList=…`), so that a fenced node can be rebooted or replaced while the job
-goes on without it. It prints one line: the step's nodes, the rendezvous address (the
-first step node, at its NodeAddr when its name does not resolve here) and all the
-allocation's usable nodes, spares too (where a warm start's servers run):
+goes on without it: here when the last attempt's step is long gone, else by the keeper
+(a job is resized only while no step of it is being torn down: see `quiet`). It prints
+one line: the step's nodes, the rendezvous address (the first step node, at its
+NodeAddr when its name does not resolve here) and all the allocation's usable nodes,
+spares too (where a warm start's servers run):
 
     node1,node3 127.0.0.1 node1,node3,node4
 
@@ -16,7 +18,7 @@ When fewer than NODES usable nodes are left, it first asks Slurm for free nodes 
 to the job (job expansion, `Slurm.grow_job`): a restart on a node that came back beats a
 requeue.
 
-`--keep TOTAL` is the batch script's background keeper: while the step runs it grows the
+`--keep TOTAL` is the batch script's background keeper: while the step trains it grows the
 allocation back to TOTAL usable nodes (a spare used by an earlier fault is replaced once a
 node is free again), gives back unusable nodes the running step does not use (a fenced
 spare; a node Slurm would not let go of before), and prints the usable nodes, spares too,
@@ -32,6 +34,7 @@ message says why.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -82,37 +85,35 @@ def rendezvous_address(node: Node) -> str:
         return node.address or node.name
 
 
-SETTLE_S = 15.0  # how long growth waits for steps still ending on nodes the job gave up
+QUIET_S = 15.0  # how long placement waits for the last attempt's step to be torn down
+TEARDOWN_S = 5.0  # how long after srun returned a killed step may still be torn down
 
 
-def _settled(slurm, job_id: str) -> Job | None:
-    """The job once no step of it runs on a node it no longer holds, else None after
-    SETTLE_S: Slurm 22.05 miscounts a job's CPUs when a resize lands while such a step is
-    still being torn down (a node that failed under a step), and the next step then waits
-    for CPUs forever."""
+def quiet(slurm, job_id: str, running: int, ended_at: float | None, wait_s: float = 0.0) -> bool:
+    """Whether the job may be resized now: its last step ended (`ended_at`, srun's return)
+    at least TEARDOWN_S ago and Slurm lists at most `running` training steps of it (the
+    warm servers aside); waits up to `wait_s` for both. A step still being torn down when
+    a resize lands keeps its CPUs in Slurm 22.05's count of the job forever ("unable to
+    update job's core use information due to job resizing"), and every later step on
+    those nodes is refused as busy; a node given back under it had Slurm cancel the next
+    step. Both seen on the testbed, where a killed step is torn down 2-3 s after srun
+    returns and squeue no longer lists it meanwhile: hence the time as well."""
     import time
 
-    deadline = time.monotonic() + SETTLE_S
+    from pitstop.rundir import WARM_STEP_NAME
+
+    deadline = time.monotonic() + wait_s
     while True:
-        job = slurm.job(job_id)
-        if job is None:
-            return None
-        held = set(job.nodes)
-        if all(set(nodes) <= held for nodes in slurm.steps(job_id).values()):
-            return job
-        if time.monotonic() > deadline:
-            return None
+        settled = ended_at is None or time.time() - ended_at >= TEARDOWN_S
+        if settled and len(slurm.steps(job_id, exclude_names=(WARM_STEP_NAME,))) <= running:
+            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.2)
 
 
 def _grow(slurm, job: Job, count: int) -> list[str]:
     """Free nodes added to the job, [] when none is free; says which on stderr."""
-    settled = _settled(slurm, job.job_id)
-    if settled is None:
-        print(f"pitstop: job {job.job_id} still has steps ending on nodes it gave up; not growing now",
-              file=sys.stderr)
-        return []
-    job.nodes[:] = settled.nodes
     added = slurm.grow_job(job, count, immediate_s=1)
     if added:
         print(f"pitstop: job {job.job_id} grew by {', '.join(added)}", file=sys.stderr)
@@ -134,7 +135,7 @@ def give_back(slurm, job: Job, nodes: list[str]) -> bool:
         doomed = [step for step, on in slurm.steps(job.job_id).items() if set(on) & set(nodes)]
         if doomed:
             slurm.kill_steps(job.job_id, doomed)
-            deadline = time.monotonic() + SETTLE_S
+            deadline = time.monotonic() + QUIET_S
             while set(doomed) & set(slurm.steps(job.job_id)) and time.monotonic() < deadline:
                 time.sleep(0.2)
         slurm.shrink_job(job.job_id, [n for n in job.nodes if n not in nodes])
@@ -147,9 +148,10 @@ def give_back(slurm, job: Job, nodes: list[str]) -> bool:
     return True
 
 
-def keep(slurm, job_id: str, total: int, running: set[str]) -> int:
+def keep(slurm, job_id: str, total: int, attempt: "RunningAttempt") -> int:
     """The keeper's round: give back unusable nodes the running step does not use, grow
-    back toward `total` usable nodes, print the usable ones."""
+    back toward `total` usable nodes, print the usable ones. It resizes only while an
+    attempt trains (its heartbeat is in) and no other step of the job is being torn down."""
     from pitstop.slurm import SlurmError
 
     job = slurm.job(job_id)
@@ -158,33 +160,46 @@ def keep(slurm, job_id: str, total: int, running: set[str]) -> int:
         return 1
     by_name = {n.name: n for n in slurm.nodes()}
     usable = [name for name in job.nodes if name in by_name and by_name[name].available]
-    idle_unusable = [n for n in job.nodes if n not in usable and n not in running and n != job.batch_host]
-    if idle_unusable:
-        give_back(slurm, job, idle_unusable)
     status = 0
-    if len(usable) < total:
-        try:
-            usable += _grow(slurm, job, total - len(usable))
-        except SlurmError as exc:
-            print(f"pitstop: job {job_id} cannot grow back to {total} nodes: {exc}", file=sys.stderr)
-            status = EXIT_CANNOT_GROW if "not supported" in str(exc) else 1
+    if attempt.trains and quiet(slurm, job_id, running=1, ended_at=attempt.last_end):
+        idle_unusable = [n for n in job.nodes if n not in usable and n not in attempt.nodes
+                         and n != job.batch_host]
+        if idle_unusable:
+            give_back(slurm, job, idle_unusable)
+        if len(usable) < total:
+            try:
+                usable += _grow(slurm, job, total - len(usable))
+            except SlurmError as exc:
+                print(f"pitstop: job {job_id} cannot grow back to {total} nodes: {exc}", file=sys.stderr)
+                status = EXIT_CANNOT_GROW if "not supported" in str(exc) else 1
     print(",".join(usable))
     return status
 
 
-def _running_step_nodes() -> set[str]:
-    """The nodes of the attempt running now, from the run's attempts (the batch script's
-    PITSTOP_RUN_DIR): the keeper never gives those back under a running step."""
-    import os
-    from pathlib import Path
+@dataclass(frozen=True)
+class RunningAttempt:
+    """The batch script's attempt running now, from the run directory: its nodes (never
+    given back under it), whether it trains yet (its heartbeat is in) and when the step
+    before it ended."""
 
-    from pitstop.rundir import read_attempts
+    nodes: frozenset[str] = frozenset()
+    trains: bool = False
+    last_end: float | None = None
 
-    run_dir = os.environ.get("PITSTOP_RUN_DIR")
-    records = read_attempts(Path(run_dir)) if run_dir else []
-    if records and records[-1].get("event") == "start":
-        return set(str(records[-1].get("nodes", "")).split(","))
-    return set()
+    @classmethod
+    def read(cls, run_dir: str | None) -> "RunningAttempt":
+        from pathlib import Path
+
+        from pitstop.rundir import read_attempts, read_heartbeat
+
+        records = read_attempts(Path(run_dir)) if run_dir else []
+        ends = [float(r["time"]) for r in records if r.get("event") == "end" and "time" in r]
+        last_end = ends[-1] if ends else None
+        if not records or records[-1].get("event") != "start":
+            return cls(last_end=last_end)
+        beat = read_heartbeat(Path(run_dir)) or {}
+        return cls(nodes=frozenset(str(records[-1].get("nodes", "")).split(",")),
+                   trains=beat.get("attempt") == records[-1].get("attempt"), last_end=last_end)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     slurm = Slurm()
     if args.keep is not None:
         try:
-            return keep(slurm, args.job_id, args.keep, _running_step_nodes())
+            return keep(slurm, args.job_id, args.keep, RunningAttempt.read(os.environ.get("PITSTOP_RUN_DIR")))
         except SlurmError as exc:
             print(f"pitstop: {exc}", file=sys.stderr)
             return 1
@@ -211,7 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         by_name = {n.name: n for n in slurm.nodes()}
         chosen = pick(job, by_name, args.nodes)
-        if chosen.too_few:  # ask for free nodes, pick again (the unusable are given back below)
+        # The last attempt's step must be gone before the job is resized (see `quiet`):
+        # growth waits for it, a give-back is left to the keeper rather than slow the restart.
+        last_end = RunningAttempt.read(os.environ.get("PITSTOP_RUN_DIR")).last_end
+        settled = (chosen.too_few or chosen.give_back) and quiet(
+            slurm, args.job_id, running=0, ended_at=last_end, wait_s=QUIET_S if chosen.too_few else 0.0)
+        if chosen.too_few and not settled:
+            print(f"pitstop: job {args.job_id} still tears down its last step; not growing it", file=sys.stderr)
+        elif chosen.too_few:  # ask for free nodes, pick again (the unusable are given back below)
             try:
                 added = _grow(slurm, job, args.nodes - (len(job.nodes) - len(chosen.give_back)))
             except SlurmError as exc:
@@ -221,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 job = slurm.job(args.job_id) or job
                 by_name = {n.name: n for n in slurm.nodes()}
                 chosen = pick(job, by_name, args.nodes)
-        if chosen.fits and chosen.give_back:
+        if chosen.fits and chosen.give_back and settled:
             give_back(slurm, job, chosen.give_back)
     except SlurmError as exc:
         print(f"pitstop: {exc}", file=sys.stderr)

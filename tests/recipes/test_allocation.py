@@ -4,7 +4,7 @@ fenced ones given back; too few, or a fenced batch host, means a requeue."""
 from __future__ import annotations
 
 from pitstop.model import Job, Node
-from pitstop.recipes.allocation import pick, rendezvous_address
+from pitstop.recipes.allocation import RunningAttempt, pick, rendezvous_address
 
 
 def _nodes(**states: str) -> dict[str, Node]:
@@ -55,3 +55,29 @@ def test_a_node_slurm_no_longer_lists_is_not_used():
 def test_the_rendezvous_is_the_name_when_it_resolves_else_the_node_address():
     assert rendezvous_address(Node(name="localhost", state="IDLE", address="10.0.0.9")) == "localhost"
     assert rendezvous_address(Node(name="no-such-host.invalid", state="IDLE", address="10.0.0.9")) == "10.0.0.9"
+
+
+def _attempts(run_dir, *records: str) -> None:
+    (run_dir / "attempts.jsonl").write_text("".join(r + "\n" for r in records))
+
+
+def test_the_keeper_sees_an_attempt_train_only_once_its_own_heartbeat_is_in(tmp_path):
+    """The keeper resizes the job only while an attempt trains: its start is the last
+    record and the heartbeat is its own (the last attempt's says nothing of this one)."""
+    _attempts(tmp_path, '{"event": "start", "attempt": 0, "time": 100.0, "nodes": "n1,n2"}',
+              '{"event": "end", "attempt": 0, "time": 150.5, "status": 137}',
+              '{"event": "start", "attempt": 1, "time": 151.0, "nodes": "n1,n3"}')
+    (tmp_path / "heartbeat.json").write_text('{"step": 40, "attempt": 0}')
+    starting = RunningAttempt.read(str(tmp_path))
+    assert starting.nodes == {"n1", "n3"} and not starting.trains and starting.last_end == 150.5
+    (tmp_path / "heartbeat.json").write_text('{"step": 41, "attempt": 1}')
+    assert RunningAttempt.read(str(tmp_path)).trains
+
+
+def test_between_attempts_nothing_runs_and_the_last_end_is_known(tmp_path):
+    _attempts(tmp_path, '{"event": "start", "attempt": 0, "time": 100.0, "nodes": "n1,n2"}',
+              '{"event": "end", "attempt": 0, "time": 150.5, "status": 137}')
+    (tmp_path / "heartbeat.json").write_text('{"step": 40, "attempt": 0}')
+    between = RunningAttempt.read(str(tmp_path))
+    assert between.nodes == frozenset() and not between.trains and between.last_end == 150.5
+    assert RunningAttempt.read(None) == RunningAttempt()
