@@ -63,6 +63,7 @@ class MainScreen(Screen[None]):
         self.view_name = "nodes"
         self.history: list[str] = []
         self.prompt_mode: str | None = None
+        self.standing: tuple[str, bool] = ("", False)  # the message line when there is nothing new to say
 
     def compose(self) -> ComposeResult:
         yield Static("", id="status")
@@ -109,6 +110,10 @@ class MainScreen(Screen[None]):
         self.pitstop.update_status()
 
     def say(self, text: str, error: bool = False) -> None:
+        """A line on the message bar; an empty one brings back the standing message (the
+        demo's last word, say, that a change of view must not wipe)."""
+        if not text:
+            text, error = self.standing
         self.query_one("#message", Static).update(Text(text, style="bold red" if error else ""))
 
     def selected(self, view: str, what: str) -> str | None:

@@ -46,10 +46,15 @@ class DemoApp(PitstopApp):
         if last:
             self._show(last)
 
-    def _show(self, text: str, error: bool = False) -> None:
-        """A line on the message bar, from the story's thread."""
+    def _show(self, text: str, error: bool = False, standing: bool = False) -> None:
+        """A line on the message bar, from the story's thread; a standing one stays there
+        when a change of view clears the bar (the story's end: q quits and prints the summary)."""
+        def show() -> None:
+            if standing:
+                self.main.standing = (text, error)
+            self.main.say(text, error)
         try:
-            self.call_from_thread(lambda: self.main.say(text, error))
+            self.call_from_thread(show)
         except Exception:  # the app is closing
             pass
 
@@ -59,11 +64,12 @@ class DemoApp(PitstopApp):
             self.summary = self.demo.story()
         except BaseException as exc:  # shown on screen, re-raised by the CLI after the app closes
             self.failure = exc
-            self._show(f"the demo stopped: {exc} (q quits)", True)
+            self._show(f"the demo stopped: {exc} (q quits)", True, standing=True)
             return
         summary = self.summary
         self._show(f"demo done: {summary.detected}/{summary.faults} faults detected, "
-                   f"{summary.restarts} restart(s), ETTR {summary.ettr:.3f} — q quits and prints the summary")
+                   f"{summary.restarts} restart(s), ETTR {summary.ettr:.3f} — q quits and prints the summary",
+                   standing=True)
 
 
 def run_on_screen(demo: Demo) -> tuple[list[str], Summary | None, BaseException | None]:
