@@ -76,6 +76,24 @@ def breaker_view(nodes: Sequence[Node], max_share: float, window_s: float, now: 
                        allowed=math.floor(max_share * len(nodes) + 1e-9))
 
 
+class _Reported(list):
+    """A fence's outcomes, each handed to a callback as it is appended."""
+
+    def __init__(self, report: Callable[[Outcome], None] | None) -> None:
+        super().__init__()
+        self.report = report
+
+    def append(self, outcome: Outcome) -> None:
+        super().append(outcome)
+        if self.report is not None:
+            self.report(outcome)
+
+    def __iadd__(self, outcomes):  # type: ignore[override]
+        for outcome in outcomes:
+            self.append(outcome)
+        return self
+
+
 class NodeActions:
     """What the agent on `node` may do to Slurm."""
 
@@ -109,8 +127,12 @@ class NodeActions:
 
     # --- fencing ----------------------------------------------------------------------
 
-    def fence(self, action_class: str, reason: str, requeue_jobs: bool = True) -> list[Outcome]:
-        """Drain, set down, reboot or replace this node, within the blast-radius limit."""
+    def fence(self, action_class: str, reason: str, requeue_jobs: bool = True,
+              on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+        """Drain, set down, reboot or replace this node, within the blast-radius limit.
+        Once the node is fenced, each outcome goes to `on_outcome` as it comes: the drain
+        and the job's restart are on record before the breaker's settle and the reboot's
+        wait for the node to empty (seconds later)."""
         if action_class not in FENCE_CLASSES:
             raise ValueError(f"not a fence class: {action_class!r}")
         if not reason.startswith(PITSTOP_REASON_PREFIX):
@@ -131,7 +153,8 @@ class NodeActions:
         others = [n for n in before.fenced if n != self.node]
         if len(others) >= before.allowed and self.node not in before.fenced:
             return [self._trip(before, reason, "not fenced")]
-        outcomes = [self._node_update(state, reason)]
+        outcomes = _Reported(on_outcome)
+        outcomes.append(self._node_update(state, reason))
         if not outcomes[0].ok:
             return outcomes
         if action_class == "reboot":

@@ -324,8 +324,14 @@ class Agent:
             # A check that passes now must not resume a node that failed again meanwhile.
             self.return_check.kill()
             self.store.log_event("warning", now, message="return check stopped: a new fault fences the node")
-        outcomes = self.actions.fence(decision.action_class, decision.reason)
-        self._record(outcomes, now)
+        reported: list[Outcome] = []
+
+        def report(outcome: Outcome) -> None:  # on record at once (the reboot waits seconds)
+            reported.append(outcome)
+            self._record([outcome], now)
+
+        outcomes = self.actions.fence(decision.action_class, decision.reason, on_outcome=report)
+        self._record([o for o in outcomes if not any(o is r for r in reported)], now)
         tripped = any(o.action == "breaker" for o in outcomes)
         self.status.breaker_open = tripped
         self.metrics.breaker(tripped)

@@ -151,7 +151,9 @@ def give_back(slurm, job: Job, nodes: list[str]) -> bool:
 def keep(slurm, job_id: str, total: int, attempt: "RunningAttempt") -> int:
     """The keeper's round: give back unusable nodes the running step does not use, grow
     back toward `total` usable nodes, print the usable ones. It resizes only while an
-    attempt trains (its heartbeat is in) and no other step of the job is being torn down."""
+    attempt runs and no other step of the job is being torn down, and grows only once
+    that attempt trains (its heartbeat is in): a fenced node goes back within seconds of
+    the restart (its agent waits for it to empty before it reboots it)."""
     from pitstop.slurm import SlurmError
 
     job = slurm.job(job_id)
@@ -161,12 +163,12 @@ def keep(slurm, job_id: str, total: int, attempt: "RunningAttempt") -> int:
     by_name = {n.name: n for n in slurm.nodes()}
     usable = [name for name in job.nodes if name in by_name and by_name[name].available]
     status = 0
-    if attempt.trains and quiet(slurm, job_id, running=1, ended_at=attempt.last_end):
+    if attempt.nodes and quiet(slurm, job_id, running=1, ended_at=attempt.last_end):
         idle_unusable = [n for n in job.nodes if n not in usable and n not in attempt.nodes
                          and n != job.batch_host]
         if idle_unusable:
             give_back(slurm, job, idle_unusable)
-        if len(usable) < total:
+        if len(usable) < total and attempt.trains:
             try:
                 usable += _grow(slurm, job, total - len(usable))
             except SlurmError as exc:

@@ -57,7 +57,7 @@ STEP_CREATE_TIMEOUT_S = 60
 # requeue the job: a fresh allocation is the way out of a job Slurm keeps refusing steps.
 EXIT_STEP_REFUSED = 75
 REFUSED_STEPS_REQUEUE = 2
-KEEPER_RETRY_S = 6
+KEEPER_RETRY_S = 4
 
 
 def default_python() -> Path:

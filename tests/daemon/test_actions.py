@@ -83,6 +83,19 @@ def test_the_reboot_hold_keeps_every_job_off_the_node_until_released(slurm, test
             slurm.delete_reservation(actions.hold_name)
 
 
+def test_each_outcome_of_a_fence_is_reported_as_it_comes(slurm):
+    """The drain is on record before the breaker's settle (and a reboot's wait for the
+    node to empty), not only once the whole fence returns: the demo and the TUI's events
+    view show the fence when it happens."""
+    seen: list[str] = []
+    actions = NodeActions(slurm, "node4", settle_s=0.2, sleep=lambda s: seen.append("settle"))
+    outcomes = actions.fence("drain", "pitstop: test report", on_outcome=lambda o: seen.append(o.action))
+    assert seen[:2] == ["drain", "settle"]
+    assert [o.action for o in outcomes] == [a for a in seen if a != "settle"]
+    assert actions.resume_if_ours().ok
+    slurm.wait_for(lambda s: s.node("node4").available, 10, what="node4 resumed")
+
+
 def test_no_requeue_job_is_left_running(slurm, testbed):
     job_id = _job(slurm, testbed, "-N1", "-w", "node3", "--no-requeue", name="norequeue")
     slurm.wait_for(lambda s: s.job(job_id).running, 20, what="job to run")
