@@ -122,6 +122,30 @@ def test_second_testbed_elsewhere_does_not_collide_and_down_leaves_nothing(testb
     assert testbed.status()["processes"]["slurmctld"]
 
 
+def test_down_while_a_node_reboots_leaves_no_slurmd_behind(monkeypatch):
+    """A node still "rebooting" when the testbed goes down (its RebootProgram's worker
+    asleep) must not start its slurmd afterwards: one such slurmd outlived a demo and
+    held the port a later testbed took."""
+    from pitstop.waiting import wait_until
+
+    monkeypatch.setenv("PITSTOP_TESTBED_REBOOT_DELAY", "60")
+    directory = Path(tempfile.mkdtemp(prefix="pitstop-reboot-down-", dir="/tmp"))
+    bed = Testbed(directory)
+
+    def workers() -> list[int]:
+        program = str(Layout.load(directory).reboot_program)
+        return [p.pid for p in psutil.process_iter(["cmdline"]) if program in (p.info["cmdline"] or [])]
+
+    try:
+        bed.up(nodes=1, gpus_per_node=0)
+        bed.slurm().reboot("node1", "pitstop: test reboot", nextstate="down")
+        wait_until(workers, 30, what="the node's reboot to begin")
+    finally:
+        stopped = bed.down()
+    assert any(s.startswith("slurmd") for s in stopped)
+    assert workers() == [] and _our_processes(directory) == []
+
+
 def _script(directory: Path) -> Path:
     path = directory / "jobs" / "sleep.sh"
     path.write_text("#!/bin/bash\nsrun sleep 120\n")

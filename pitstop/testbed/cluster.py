@@ -291,6 +291,8 @@ class Testbed:
         """Finish a Slurm-requested reboot the way a real node would: slurmd goes away,
         the node boots with a new boot id and a fresh kernel log, slurmd starts with -b."""
         layout = self.layout
+        if not procs.alive(layout.ctld_pid, "slurmctld"):
+            return  # the testbed went down while the node "rebooted": nothing to come back to
         self.stop_slurmd(layout, node, signal.SIGTERM)
         self.new_boot(layout, node)
         self.start_slurmd(layout, node, reboot=True)
@@ -325,8 +327,14 @@ class Testbed:
         stopped += stop_sshd(layout)
         for path, name in self._agent_pids(layout):
             stopped += procs.stop(path, name, timeout)
+        # A node "rebooting" (the RebootProgram's worker, asleep) would start its slurmd
+        # again after this: that worker goes first, then every slurmd of this config, even
+        # one whose pid file a reboot replaced (one such kept a later testbed's port).
+        stopped += self._stop_matching(timeout, lambda cmd: str(layout.reboot_program) in cmd)
         for node in layout.node_names:
             stopped += procs.stop(layout.slurmd_pid(node), "slurmd", timeout)
+        stopped += self._stop_matching(timeout, lambda cmd: bool(cmd) and Path(cmd[0]).name == "slurmd"
+                                       and str(layout.slurm_conf) in cmd)
         stopped += procs.stop(layout.ctld_pid, "slurmctld", timeout)
         stopped += accounting.stop(layout, timeout)
         stopped += self._stop_stepds(layout, timeout)
@@ -347,6 +355,18 @@ class Testbed:
                                 10, what="jobs to end")
         except (SlurmError, TimeoutError) as exc:
             log.warning("could not cancel every job before stopping: %s", exc)
+
+    def _stop_matching(self, timeout: float, matches) -> list[str]:
+        """Terminate the processes whose argument list `matches`: those of this testbed
+        that no pid file names."""
+        stopped = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = proc.info.get("cmdline") or []
+            if proc.pid == os.getpid() or not matches(cmd):
+                continue
+            procs.terminate(proc.pid, timeout)
+            stopped.append(f"{Path(cmd[0]).name}[{proc.pid}]")
+        return stopped
 
     def _stop_stepds(self, layout: Layout, timeout: float) -> list[str]:
         """slurmstepd outlives slurmd; ours are the ones with a file open in our directory."""
