@@ -327,15 +327,17 @@ class Testbed:
         stopped += stop_sshd(layout)
         for path, name in self._agent_pids(layout):
             stopped += procs.stop(path, name, timeout)
-        # A node "rebooting" (the RebootProgram's worker, asleep) would start its slurmd
-        # again after this: that worker goes first, then every slurmd of this config, even
+        # slurmctld goes first: with it gone no slurmd is asked to reboot again, and a node
+        # "rebooting" (the RebootProgram's worker, asleep) finds nothing to come back to.
+        # That worker goes next (again until none is left: it daemonizes by forking twice,
+        # and one pass can miss the grandchild), then every slurmd of this config, even
         # one whose pid file a reboot replaced (one such kept a later testbed's port).
-        stopped += self._stop_matching(timeout, lambda cmd: str(layout.reboot_program) in cmd)
+        stopped += procs.stop(layout.ctld_pid, "slurmctld", timeout)
+        stopped += self._stop_matching(timeout, lambda cmd: str(layout.reboot_program) in cmd, until_none=True)
         for node in layout.node_names:
             stopped += procs.stop(layout.slurmd_pid(node), "slurmd", timeout)
         stopped += self._stop_matching(timeout, lambda cmd: bool(cmd) and Path(cmd[0]).name == "slurmd"
                                        and str(layout.slurm_conf) in cmd)
-        stopped += procs.stop(layout.ctld_pid, "slurmctld", timeout)
         stopped += accounting.stop(layout, timeout)
         stopped += self._stop_stepds(layout, timeout)
         stopped += procs.stop(layout.munge_pid, "munged", timeout)
@@ -356,16 +358,22 @@ class Testbed:
         except (SlurmError, TimeoutError) as exc:
             log.warning("could not cancel every job before stopping: %s", exc)
 
-    def _stop_matching(self, timeout: float, matches) -> list[str]:
+    def _stop_matching(self, timeout: float, matches, until_none: bool = False) -> list[str]:
         """Terminate the processes whose argument list `matches`: those of this testbed
-        that no pid file names."""
-        stopped = []
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            cmd = proc.info.get("cmdline") or []
-            if proc.pid == os.getpid() or not matches(cmd):
-                continue
-            procs.terminate(proc.pid, timeout)
-            stopped.append(f"{Path(cmd[0]).name}[{proc.pid}]")
+        that no pid file names. With `until_none`, pass again until a pass finds none
+        (for processes that fork while being looked for)."""
+        stopped: list[str] = []
+        for _ in range(10 if until_none else 1):
+            found = []
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                cmd = proc.info.get("cmdline") or []
+                if proc.pid == os.getpid() or not matches(cmd):
+                    continue
+                procs.terminate(proc.pid, timeout)
+                found.append(f"{Path(cmd[0]).name}[{proc.pid}]")
+            stopped += found
+            if not found:
+                break
         return stopped
 
     def _stop_stepds(self, layout: Layout, timeout: float) -> list[str]:

@@ -48,10 +48,26 @@ def main() -> int:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         # A real reboot takes minutes; a couple of seconds keeps the drain visible.
-        time.sleep(float(os.environ.get("PITSTOP_TESTBED_REBOOT_DELAY", "2")))
+        if not _wait_while_testbed_up(directory, float(os.environ.get("PITSTOP_TESTBED_REBOOT_DELAY", "2"))):
+            return 0
     from pitstop.testbed.cluster import Testbed
     Testbed(directory).reboot_node(node)
     return 0
+
+
+def _wait_while_testbed_up(directory: Path, seconds: float) -> bool:
+    """Sleep `seconds`, giving up early (False) once the testbed's slurmctld is gone:
+    a testbed taken down mid-reboot leaves no worker asleep behind it."""
+    from pitstop.testbed import procs
+    from pitstop.testbed.config import Layout
+
+    layout = Layout.load(directory)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if layout is None or not procs.alive(layout.ctld_pid, "slurmctld"):
+            return False
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    return True
 
 
 if __name__ == "__main__":
