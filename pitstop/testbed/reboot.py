@@ -60,14 +60,15 @@ def _wait_while_testbed_up(directory: Path, seconds: float) -> bool:
     a testbed taken down mid-reboot leaves no worker asleep behind it."""
     from pitstop.testbed import procs
     from pitstop.testbed.config import Layout
+    from pitstop.waiting import wait_until
 
     layout = Layout.load(directory)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if layout is None or not procs.alive(layout.ctld_pid, "slurmctld"):
-            return False
-        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-    return True
+    try:
+        wait_until(lambda: layout is None or not procs.alive(layout.ctld_pid, "slurmctld"), seconds,
+                   what="the testbed to go down", interval=0.2)
+    except TimeoutError:
+        return True
+    return False
 
 
 if __name__ == "__main__":
