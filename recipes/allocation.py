@@ -163,12 +163,14 @@ def keep(slurm, job_id: str, total: int, attempt: "RunningAttempt") -> int:
     by_name = {n.name: n for n in slurm.nodes()}
     usable = [name for name in job.nodes if name in by_name and by_name[name].available]
     status = 0
-    if attempt.nodes and quiet(slurm, job_id, running=1, ended_at=attempt.last_end):
+    # The attempt's own step must be listed (it trains): a give-back while it is still
+    # being created cost a restart in the e2e test.
+    if attempt.trains and quiet(slurm, job_id, running=1, ended_at=attempt.last_end):
         idle_unusable = [n for n in job.nodes if n not in usable and n not in attempt.nodes
                          and n != job.batch_host]
         if idle_unusable:
             give_back(slurm, job, idle_unusable)
-        if len(usable) < total and attempt.trains:
+        if len(usable) < total:
             try:
                 usable += _grow(slurm, job, total - len(usable))
             except SlurmError as exc:

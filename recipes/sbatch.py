@@ -225,13 +225,15 @@ start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on ea
 """
         return f"""\
 {warm}keep_allocation() {{  # in the background: regrow used spares{"; a warm server on every usable node" if self.warm_start else ""}
-    local usable="" seen="" count grow_to={self.nodes + self.spare_nodes} status asked=-1000 have
+    local usable="" seen="" count records grow_to={self.nodes + self.spare_nodes} status asked=-1000 have
     while :; do
-        # Ask again when the allocation changed, or (not more often than every
+        # Ask again when the allocation changed or an attempt started or ended (a node
+        # fenced under it is given back from here), or (not more often than every
         # {KEEPER_RETRY_S} s) while it is short of usable nodes or holds unusable ones.
         count="$(squeue -h -j "$SLURM_JOB_ID" -o %D 2>/dev/null)"
+        records="$(wc -l < "$attempts_file" 2>/dev/null)"
         IFS=, read -ra have <<< "$usable"
-        if [[ -z "$usable" || "$count" != "$seen" ]] || \
+        if [[ -z "$usable" || "$count $records" != "$seen" ]] || \
                 (( (${{#have[@]}} < grow_to || ${{#have[@]}} < ${{count:-0}}) && SECONDS - asked >= {KEEPER_RETRY_S} )); then
             usable="$("$python" -m pitstop.recipes.allocation "$SLURM_JOB_ID" "$train_nodes" --keep "$grow_to")"
             status=$?
@@ -239,7 +241,7 @@ start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on ea
                 grow_to=0  # Slurm does not let jobs grow here: only watch
             fi
             asked=$SECONDS
-            seen="$(squeue -h -j "$SLURM_JOB_ID" -o %D 2>/dev/null)"
+            seen="$(squeue -h -j "$SLURM_JOB_ID" -o %D 2>/dev/null) $records"
         fi
 {start}        sleep "${{PITSTOP_KEEPER_INTERVAL_S:-{KEEPER_INTERVAL_S}}}"
     done
