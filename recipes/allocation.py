@@ -34,6 +34,7 @@ message says why.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -101,15 +102,16 @@ def quiet(slurm, job_id: str, running: int, ended_at: float | None, wait_s: floa
     import time
 
     from pitstop.rundir import WARM_STEP_NAME
+    from pitstop.waiting import wait_until
 
-    deadline = time.monotonic() + wait_s
-    while True:
-        settled = ended_at is None or time.time() - ended_at >= TEARDOWN_S
-        if settled and len(slurm.steps(job_id, exclude_names=(WARM_STEP_NAME,))) <= running:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
+    def settled() -> bool:
+        return ((ended_at is None or time.time() - ended_at >= TEARDOWN_S)
+                and len(slurm.steps(job_id, exclude_names=(WARM_STEP_NAME,))) <= running)
+
+    try:
+        return wait_until(settled, wait_s, what=f"job {job_id}'s last step to be torn down", interval=0.2)
+    except TimeoutError:
+        return False
 
 
 def _grow(slurm, job: Job, count: int) -> list[str]:
@@ -124,9 +126,8 @@ def give_back(slurm, job: Job, nodes: list[str]) -> bool:
     """Give `nodes` back to Slurm, so that they can be rebooted or replaced. A refusal is
     not the run's end: the step runs without them, and the keeper tries again later.
     (Slurm refuses to resize a job twice when it keeps no accounting database.)"""
-    import time
-
     from pitstop.slurm import SlurmError
+    from pitstop.waiting import wait_until
 
     try:
         # No step may still run on them (a warm server, a step being torn down): Slurm
@@ -135,9 +136,9 @@ def give_back(slurm, job: Job, nodes: list[str]) -> bool:
         doomed = [step for step, on in slurm.steps(job.job_id).items() if set(on) & set(nodes)]
         if doomed:
             slurm.kill_steps(job.job_id, doomed)
-            deadline = time.monotonic() + QUIET_S
-            while set(doomed) & set(slurm.steps(job.job_id)) and time.monotonic() < deadline:
-                time.sleep(0.2)
+            with contextlib.suppress(TimeoutError):  # shrunk anyway: Slurm ends them with the nodes
+                wait_until(lambda: not set(doomed) & set(slurm.steps(job.job_id)), QUIET_S,
+                           what=f"steps {', '.join(doomed)} to end", interval=0.2)
         slurm.shrink_job(job.job_id, [n for n in job.nodes if n not in nodes])
     except SlurmError as exc:
         print(f"pitstop: could not give back {', '.join(nodes)} from job {job.job_id} ({exc}); "
