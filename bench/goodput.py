@@ -121,6 +121,8 @@ def main() -> int:
     # two steps of about 0.85 s.
     parser.add_argument("--interval", type=int, default=2, help="checkpoint interval in steps")
     parser.add_argument("--override", action="append", default=[])
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the run directory and the testbed's logs (by default only a failed run's)")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="pitstop-goodput-", dir="/tmp"))
     faults = max(1, int(args.minutes * 60 / args.every))
@@ -166,7 +168,7 @@ def main() -> int:
     print(f"    at Δt = {dt:.1f}s         E[ETTR] = {meta_ettr(n_rf_16k, u0, dt, w):.4f}  (target >= 0.97)")
     if w > 0:
         print(f"    at best Δt = {best_dt:.0f}s   E[ETTR] = {meta_ettr(n_rf_16k, u0, best_dt, w):.4f}")
-    if demo.final_state in ("COMPLETED", "RUNNING", "CANCELLED"):  # ran its course, or was cut at the time
+    if demo.final_state in ("COMPLETED", "RUNNING", "CANCELLED") and not args.keep:  # ran its course
         shutil.rmtree(directory, ignore_errors=True)
     else:
         print(f"  the job ended {demo.final_state}: its run directory and the testbed's logs are kept "
