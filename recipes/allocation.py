@@ -5,9 +5,11 @@ script asks `python -m pitstop.recipes.allocation JOB_ID NODES`. The answer is t
 allocation's nodes that Slurm still shows usable (not drained, failed, down, rebooting or
 unresponsive), in allocation order, the first NODES of them for the step; the others
 stay as spares. Nodes no longer usable are given back to Slurm (`scontrol update
-jobid=… NodeList=…`), so that a fenced node can be rebooted or replaced while the job
-goes on without it: here when the last attempt's step is long gone, else by the keeper
-(a job is resized only while no step of it is being torn down: see `quiet`). It prints
+jobid=… NodeList=…`), so that a fenced node can be rebooted or replaced: only while the
+job runs no step at all (see `quiet`: Slurm 22.05 loses count of a step's cores when the
+job is resized under it), so here, between attempts. With warm servers (overlapping
+steps) running, a node is given back only when the next step needs the room: their
+restart would cost the warm start. It prints
 one line: the step's nodes, the rendezvous address (the first step node, at its
 NodeAddr when its name does not resolve here) and all the allocation's usable nodes,
 spares too (where a warm start's servers run):
@@ -18,11 +20,10 @@ When fewer than NODES usable nodes are left, it first asks Slurm for free nodes 
 to the job (job expansion, `Slurm.grow_job`): a restart on a node that came back beats a
 requeue.
 
-`--keep TOTAL` is the batch script's background keeper: while the step trains it grows the
-allocation back to TOTAL usable nodes (a spare used by an earlier fault is replaced once a
-node is free again), gives back unusable nodes the running step does not use (a fenced
-spare; a node Slurm would not let go of before), and prints the usable nodes, spares too,
-on one line.
+`--keep TOTAL` is the batch script's background keeper: while the step trains and no
+other step runs beside it, it grows the allocation back to TOTAL usable nodes (a spare
+used by an earlier fault is replaced once a node is free again), and prints the usable
+nodes, spares too, on one line.
 
 Exit 0: printed. Exit 4: fewer than NODES usable nodes, or the batch host itself is no
 longer usable (the batch shell cannot leave its node): the job must be requeued.
@@ -34,7 +35,6 @@ message says why.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import socket
 import sys
@@ -86,30 +86,30 @@ def rendezvous_address(node: Node) -> str:
         return node.address or node.name
 
 
-QUIET_S = 15.0  # how long placement waits for the last attempt's step to be torn down
+QUIET_S = 15.0  # how long placement waits for the job's steps to be torn down
 TEARDOWN_S = 5.0  # how long after srun returned a killed step may still be torn down
 
 
 def quiet(slurm, job_id: str, running: int, ended_at: float | None, wait_s: float = 0.0) -> bool:
-    """Whether the job may be resized now: its last step ended (`ended_at`, srun's return)
-    at least TEARDOWN_S ago and Slurm lists at most `running` training steps of it (the
-    warm servers aside); waits up to `wait_s` for both. A step still being torn down when
-    a resize lands keeps its CPUs in Slurm 22.05's count of the job forever ("unable to
-    update job's core use information due to job resizing"), and every later step on
-    those nodes is refused as busy; a node given back under it had Slurm cancel the next
-    step. Both seen on the testbed, where a killed step is torn down 2-3 s after srun
-    returns and squeue no longer lists it meanwhile: hence the time as well."""
+    """Whether the job may be resized now: its last step ended (`ended_at`, srun's return
+    or its kill) at least TEARDOWN_S ago and Slurm lists at most `running` steps of it,
+    warm servers included; waits up to `wait_s` for both. Seen on the testbed (Slurm
+    22.05): a job shrunk under a running step, or resized under an overlapping one (a
+    warm server), keeps those steps' cores marked in use after they end, and every later
+    step on those nodes is refused as busy; a step still being torn down (2-3 s after
+    srun returns, while squeue no longer lists it) leaks its CPUs the same way ("unable to
+    update job's core use information due to job resizing"). Growing under a running
+    training step is safe: Slurm rebuilds that step's core map."""
     import time
 
-    from pitstop.rundir import WARM_STEP_NAME
     from pitstop.waiting import wait_until
 
     def settled() -> bool:
         return ((ended_at is None or time.time() - ended_at >= TEARDOWN_S)
-                and len(slurm.steps(job_id, exclude_names=(WARM_STEP_NAME,))) <= running)
+                and len(slurm.steps(job_id)) <= running)
 
     try:
-        return wait_until(settled, wait_s, what=f"job {job_id}'s last step to be torn down", interval=0.2)
+        return wait_until(settled, wait_s, what=f"job {job_id}'s steps to be torn down", interval=0.2)
     except TimeoutError:
         return False
 
@@ -123,22 +123,13 @@ def _grow(slurm, job: Job, count: int) -> list[str]:
 
 
 def give_back(slurm, job: Job, nodes: list[str]) -> bool:
-    """Give `nodes` back to Slurm, so that they can be rebooted or replaced. A refusal is
-    not the run's end: the step runs without them, and the keeper tries again later.
-    (Slurm refuses to resize a job twice when it keeps no accounting database.)"""
+    """Give `nodes` back to Slurm, so that they can be rebooted or replaced; the caller
+    made sure no step runs (`quiet`). A refusal is not the run's end: the step runs
+    without them, and the next restart tries again. (Slurm refuses to resize a job twice
+    when it keeps no accounting database.)"""
     from pitstop.slurm import SlurmError
-    from pitstop.waiting import wait_until
 
     try:
-        # No step may still run on them (a warm server, a step being torn down): Slurm
-        # 22.05 miscounts the job's CPUs when a resize takes a node from under a step, and
-        # every later step then waits for CPUs forever (seen on the testbed).
-        doomed = [step for step, on in slurm.steps(job.job_id).items() if set(on) & set(nodes)]
-        if doomed:
-            slurm.kill_steps(job.job_id, doomed)
-            with contextlib.suppress(TimeoutError):  # shrunk anyway: Slurm ends them with the nodes
-                wait_until(lambda: not set(doomed) & set(slurm.steps(job.job_id)), QUIET_S,
-                           what=f"steps {', '.join(doomed)} to end", interval=0.2)
         slurm.shrink_job(job.job_id, [n for n in job.nodes if n not in nodes])
     except SlurmError as exc:
         print(f"pitstop: could not give back {', '.join(nodes)} from job {job.job_id} ({exc}); "
@@ -150,11 +141,11 @@ def give_back(slurm, job: Job, nodes: list[str]) -> bool:
 
 
 def keep(slurm, job_id: str, total: int, attempt: "RunningAttempt") -> int:
-    """The keeper's round: give back unusable nodes the running step does not use, grow
-    back toward `total` usable nodes, print the usable ones. It resizes only while an
-    attempt runs and no other step of the job is being torn down, and grows only once
-    that attempt trains (its heartbeat is in): a fenced node goes back within seconds of
-    the restart (its agent waits for it to empty before it reboots it)."""
+    """The keeper's round: grow back toward `total` usable nodes, print the usable ones.
+    It grows only while the attempt trains (its heartbeat is in: a resize while its step
+    is being created cost a restart in the e2e test) and its step is the job's only one
+    (see `quiet`: never beside warm servers, never while the last step is torn down).
+    Unusable nodes wait for the next restart to be given back."""
     from pitstop.slurm import SlurmError
 
     job = slurm.job(job_id)
@@ -164,30 +155,21 @@ def keep(slurm, job_id: str, total: int, attempt: "RunningAttempt") -> int:
     by_name = {n.name: n for n in slurm.nodes()}
     usable = [name for name in job.nodes if name in by_name and by_name[name].available]
     status = 0
-    # The attempt's own step must be listed (it trains): a give-back while it is still
-    # being created cost a restart in the e2e test.
-    if attempt.trains and quiet(slurm, job_id, running=1, ended_at=attempt.last_end):
-        idle_unusable = [n for n in job.nodes if n not in usable and n not in attempt.nodes
-                         and n != job.batch_host]
-        if idle_unusable:
-            give_back(slurm, job, idle_unusable)
-        if len(usable) < total:
-            try:
-                usable += _grow(slurm, job, total - len(usable))
-            except SlurmError as exc:
-                print(f"pitstop: job {job_id} cannot grow back to {total} nodes: {exc}", file=sys.stderr)
-                status = EXIT_CANNOT_GROW if "not supported" in str(exc) else 1
+    if len(usable) < total and attempt.trains and quiet(slurm, job_id, running=1, ended_at=attempt.last_end):
+        try:
+            usable += _grow(slurm, job, total - len(usable))
+        except SlurmError as exc:
+            print(f"pitstop: job {job_id} cannot grow back to {total} nodes: {exc}", file=sys.stderr)
+            status = EXIT_CANNOT_GROW if "not supported" in str(exc) else 1
     print(",".join(usable))
     return status
 
 
 @dataclass(frozen=True)
 class RunningAttempt:
-    """The batch script's attempt running now, from the run directory: its nodes (never
-    given back under it), whether it trains yet (its heartbeat is in) and when the step
-    before it ended."""
+    """The batch script's attempt running now, from the run directory: whether it trains
+    yet (its heartbeat is in) and when the step before it ended."""
 
-    nodes: frozenset[str] = frozenset()
     trains: bool = False
     last_end: float | None = None
 
@@ -203,8 +185,42 @@ class RunningAttempt:
         if not records or records[-1].get("event") != "start":
             return cls(last_end=last_end)
         beat = read_heartbeat(Path(run_dir)) or {}
-        return cls(nodes=frozenset(str(records[-1].get("nodes", "")).split(",")),
-                   trains=beat.get("attempt") == records[-1].get("attempt"), last_end=last_end)
+        return cls(trains=beat.get("attempt") == records[-1].get("attempt"), last_end=last_end)
+
+
+def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: int,
+            last_end: float | None) -> tuple[StepNodes, dict[str, Node]]:
+    """Between attempts: give back the unusable nodes and, when too few usable ones are
+    left, grow by free ones; the new choice. Only once the job runs no step (`quiet`):
+    warm servers are stopped for it when the step needs the room, else the give-back
+    waits for a restart that does (the keeper starts them again)."""
+    import time
+
+    from pitstop.rundir import WARM_STEP_NAME
+    from pitstop.slurm import SlurmError
+
+    warm = list(slurm.steps(job.job_id, only_names=(WARM_STEP_NAME,)))
+    if warm and not chosen.too_few:
+        return chosen, by_name  # the spare takes over warm; the fenced node goes back later
+    if warm:
+        slurm.kill_steps(job.job_id, warm)
+        last_end = time.time()
+    if not quiet(slurm, job.job_id, running=0, ended_at=last_end, wait_s=QUIET_S):
+        print(f"pitstop: job {job.job_id} still tears down its last step; not resizing it", file=sys.stderr)
+        return chosen, by_name
+    if chosen.too_few:  # ask for free nodes, pick again (the unusable are given back below)
+        try:
+            added = _grow(slurm, job, need - (len(job.nodes) - len(chosen.give_back)))
+        except SlurmError as exc:
+            print(f"pitstop: job {job.job_id} cannot grow: {exc}", file=sys.stderr)
+            added = []
+        if added:
+            job = slurm.job(job.job_id) or job
+            by_name = {n.name: n for n in slurm.nodes()}
+            chosen = pick(job, by_name, need)
+    if chosen.fits and chosen.give_back:
+        give_back(slurm, job, chosen.give_back)
+    return chosen, by_name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,25 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         by_name = {n.name: n for n in slurm.nodes()}
         chosen = pick(job, by_name, args.nodes)
-        # The last attempt's step must be gone before the job is resized (see `quiet`):
-        # growth waits for it, a give-back is left to the keeper rather than slow the restart.
-        last_end = RunningAttempt.read(os.environ.get("PITSTOP_RUN_DIR")).last_end
-        settled = (chosen.too_few or chosen.give_back) and quiet(
-            slurm, args.job_id, running=0, ended_at=last_end, wait_s=QUIET_S if chosen.too_few else 0.0)
-        if chosen.too_few and not settled:
-            print(f"pitstop: job {args.job_id} still tears down its last step; not growing it", file=sys.stderr)
-        elif chosen.too_few:  # ask for free nodes, pick again (the unusable are given back below)
-            try:
-                added = _grow(slurm, job, args.nodes - (len(job.nodes) - len(chosen.give_back)))
-            except SlurmError as exc:
-                print(f"pitstop: job {args.job_id} cannot grow: {exc}", file=sys.stderr)
-                added = []
-            if added:
-                job = slurm.job(args.job_id) or job
-                by_name = {n.name: n for n in slurm.nodes()}
-                chosen = pick(job, by_name, args.nodes)
-        if chosen.fits and chosen.give_back and settled:
-            give_back(slurm, job, chosen.give_back)
+        if chosen.too_few or chosen.give_back:
+            chosen, by_name = _resize(slurm, job, by_name, chosen, args.nodes,
+                                      RunningAttempt.read(os.environ.get("PITSTOP_RUN_DIR")).last_end)
     except SlurmError as exc:
         print(f"pitstop: {exc}", file=sys.stderr)
         return 1

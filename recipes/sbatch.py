@@ -10,7 +10,7 @@ names Slurm commands. What it guarantees:
   a step that fails — a rank died, the agent ended it over a fault, a node went down — is
   started again from the newest checkpoint on the allocation's healthy nodes, a spare in
   place of a fenced node (`pitstop.recipes.allocation` picks them and gives the fenced
-  ones back). Only when too few healthy nodes are left, the batch host itself is
+  ones back between attempts). Only when too few healthy nodes are left, the batch host itself is
   fenced, or Slurm refuses to create the step twice running (srun's own failures end
   with EXIT_STEP_REFUSED), does the job requeue itself. Every start and end is a line in
   `RUN_DIR/attempts.jsonl`, whose presence tells the agent to end this job's step rather
@@ -221,20 +221,23 @@ start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on ea
 }}
 """
         start = "" if not self.warm_start else """\
-        start_warm_servers "$usable"
+        # Only while an attempt runs: between attempts the job may be resized, and Slurm
+        # must not see a step created meanwhile (pitstop.recipes.allocation.quiet).
+        if [[ "$(tail -n 1 "$attempts_file" 2>/dev/null)" == *'"event": "start"'* ]]; then
+            start_warm_servers "$usable"
+        fi
 """
         return f"""\
 {warm}keep_allocation() {{  # in the background: regrow used spares{"; a warm server on every usable node" if self.warm_start else ""}
     local usable="" seen="" count records grow_to={self.nodes + self.spare_nodes} status asked=-1000 have
     while :; do
-        # Ask again when the allocation changed or an attempt started or ended (a node
-        # fenced under it is given back from here), or (not more often than every
-        # {KEEPER_RETRY_S} s) while it is short of usable nodes or holds unusable ones.
+        # Ask again when the allocation changed or an attempt started or ended, or (not
+        # more often than every {KEEPER_RETRY_S} s) while it is short of usable nodes.
         count="$(squeue -h -j "$SLURM_JOB_ID" -o %D 2>/dev/null)"
         records="$(wc -l < "$attempts_file" 2>/dev/null)"
         IFS=, read -ra have <<< "$usable"
         if [[ -z "$usable" || "$count $records" != "$seen" ]] || \
-                (( (${{#have[@]}} < grow_to || ${{#have[@]}} < ${{count:-0}}) && SECONDS - asked >= {KEEPER_RETRY_S} )); then
+                (( ${{#have[@]}} < grow_to && SECONDS - asked >= {KEEPER_RETRY_S} )); then
             usable="$("$python" -m pitstop.recipes.allocation "$SLURM_JOB_ID" "$train_nodes" --keep "$grow_to")"
             status=$?
             if (( status == 5 )); then

@@ -231,16 +231,18 @@ class Slurm:
             args.append("--batch")
         self.run(args + [str(job_id)])
 
-    def steps(self, job_id: str, exclude_names: Sequence[str] = ()) -> dict[str, list[str]]:
+    def steps(self, job_id: str, exclude_names: Sequence[str] = (),
+              only_names: Sequence[str] | None = None) -> dict[str, list[str]]:
         """The job's running srun steps (`JOB.N`, not its batch or extern step), each with
-        the nodes it runs on; steps named in `exclude_names` are left out."""
+        the nodes it runs on; steps named in `exclude_names` are left out, and with
+        `only_names` all but those."""
         _check_job(job_id)
         out = self.run(["squeue", "--noheader", "--steps", f"--jobs={job_id}", "--format=%i %N %j"])
         pattern = re.compile(rf"{re.escape(str(job_id))}\.\d+")
         steps = {}
         for line in out.splitlines():
             step, nodes, name = (line.strip().split(" ", 2) + ["", ""])[:3]
-            if pattern.fullmatch(step) and name not in exclude_names:
+            if pattern.fullmatch(step) and name not in exclude_names and (only_names is None or name in only_names):
                 steps[step] = expand(nodes.strip()) if nodes.strip() else []
         return steps
 
