@@ -202,6 +202,15 @@ def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: 
     warm = list(slurm.steps(job.job_id, only_names=(WARM_STEP_NAME,)))
     if warm and not chosen.too_few:
         return chosen, by_name  # the spare takes over warm; the fenced node goes back later
+    # A step on a node whose slurmd is gone is never torn down: no resize, and a job
+    # short of nodes requeues at once (Slurm's own removal of that node under the
+    # running steps has left their cores counted as busy anyway).
+    unreachable = {name for name, node in by_name.items() if node.down or "NOT_RESPONDING" in node.flags}
+    stuck = [step for step, on in slurm.steps(job.job_id).items() if unreachable & set(on)]
+    if stuck:
+        print(f"pitstop: step {', '.join(stuck)} of job {job.job_id} is on a node that does not respond; "
+              "not resizing the job", file=sys.stderr)
+        return chosen, by_name
     if warm:
         slurm.kill_steps(job.job_id, warm)
         last_end = time.time()
