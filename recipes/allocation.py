@@ -114,9 +114,10 @@ def quiet(slurm, job_id: str, running: int, ended_at: float | None, wait_s: floa
         return False
 
 
-def _grow(slurm, job: Job, count: int) -> list[str]:
-    """Free nodes added to the job, [] when none is free; says which on stderr."""
-    added = slurm.grow_job(job, count, immediate_s=1)
+def _grow(slurm, job: Job, count: int, at_least: int | None = None) -> list[str]:
+    """Free nodes added to the job (`at_least` of them, up to `count`), [] when too
+    few are free; says which on stderr."""
+    added = slurm.grow_job(job, count, immediate_s=1, at_least=at_least)
     if added:
         print(f"pitstop: job {job.job_id} grew by {', '.join(added)}", file=sys.stderr)
     return added
@@ -157,7 +158,7 @@ def keep(slurm, job_id: str, total: int, attempt: "RunningAttempt") -> int:
     status = 0
     if len(usable) < total and attempt.trains and quiet(slurm, job_id, running=1, ended_at=attempt.last_end):
         try:
-            usable += _grow(slurm, job, total - len(usable))
+            usable += _grow(slurm, job, total - len(usable), at_least=1)
         except SlurmError as exc:
             print(f"pitstop: job {job_id} cannot grow back to {total} nodes: {exc}", file=sys.stderr)
             status = EXIT_CANNOT_GROW if "not supported" in str(exc) else 1
@@ -189,9 +190,10 @@ class RunningAttempt:
 
 
 def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: int,
-            last_end: float | None) -> tuple[StepNodes, dict[str, Node]]:
+            last_end: float | None, total: int = 0) -> tuple[StepNodes, dict[str, Node]]:
     """Between attempts: give back the unusable nodes and, when too few usable ones are
-    left, grow by free ones; the new choice. Only once the job runs no step (`quiet`):
+    left, grow by free ones, back to `total` (spares too) where enough are free; the new
+    choice. Only once the job runs no step (`quiet`):
     warm servers are stopped for it when the step needs the room, else the give-back
     waits for a restart that does (the keeper starts them again)."""
     import time
@@ -219,7 +221,8 @@ def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: 
         return chosen, by_name
     if chosen.too_few:  # ask for free nodes, pick again (the unusable are given back below)
         try:
-            added = _grow(slurm, job, need - (len(job.nodes) - len(chosen.give_back)))
+            usable = len(job.nodes) - len(chosen.give_back)
+            added = _grow(slurm, job, max(need, total) - usable, at_least=need - usable)
         except SlurmError as exc:
             print(f"pitstop: job {job.job_id} cannot grow: {exc}", file=sys.stderr)
             added = []
@@ -237,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="The nodes of this job's allocation the next step runs on.")
     parser.add_argument("job_id")
     parser.add_argument("nodes", type=int, help="how many nodes the step needs")
+    parser.add_argument("--total", type=int, metavar="TOTAL",
+                        help="when the job must grow for the step, grow it back to TOTAL nodes where that many are free")
     parser.add_argument("--keep", type=int, metavar="TOTAL",
                         help="grow the allocation back to TOTAL nodes and print the usable ones")
     args = parser.parse_args(argv)
@@ -258,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = pick(job, by_name, args.nodes)
         if chosen.too_few or chosen.give_back:
             chosen, by_name = _resize(slurm, job, by_name, chosen, args.nodes,
-                                      RunningAttempt.read(os.environ.get("PITSTOP_RUN_DIR")).last_end)
+                                      RunningAttempt.read(os.environ.get("PITSTOP_RUN_DIR")).last_end,
+                                      total=args.total or args.nodes)
     except SlurmError as exc:
         print(f"pitstop: {exc}", file=sys.stderr)
         return 1

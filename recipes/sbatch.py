@@ -300,6 +300,8 @@ requeue_job() {  # why, the status to end with
             echo "pitstop: the step ended (status $step_status) after SIGUSR1; cluster.requeue is false, so the job is not requeued" >&2
         fi"""
         keeper = "" if not (self.warm_start or self.spare_nodes) else self._keeper()
+        # A resize between attempts grows back to the spares too, where nodes are free.
+        total = f" --total {self.nodes + self.spare_nodes}" if self.spare_nodes else ""
         srun_env = "" if self.launcher != "srun" else f"""\
     # srun starts every rank: they meet at the step's first node (the runtime takes its
     # rank from SLURM_PROCID).
@@ -352,7 +354,7 @@ while :; do
     fi
     # The allocation's healthy nodes (fenced ones are given back); status 4: too few.
     for try in 1 2 3; do
-        placement="$("$python" -m pitstop.recipes.allocation "$SLURM_JOB_ID" "$train_nodes")"
+        placement="$("$python" -m pitstop.recipes.allocation "$SLURM_JOB_ID" "$train_nodes"{total})"
         placement_status=$?
         (( placement_status == 1 )) || break
         sleep 2

@@ -267,19 +267,21 @@ class Slurm:
         with tempfile.TemporaryDirectory(prefix="pitstop-resize-") as cwd:
             self.run(["scontrol", "update", f"jobid={job_id}", f"NodeList={nodes}"], cwd=cwd)
 
-    def grow_job(self, job: Job, count: int, immediate_s: int = 2) -> list[str]:
+    def grow_job(self, job: Job, count: int, immediate_s: int = 2, at_least: int | None = None) -> list[str]:
         """Add up to `count` free nodes to a running job, by Slurm's job expansion: an
         allocation (no shell) that depends on the job with `expand:`, away from its nodes
         and with its per-node resources, emptied into it (`NumNodes=0` moves its nodes to
         the job, the job's `NumNodes=ALL` lets its steps use them). The nodes added; []
-        when none is free within `immediate_s`. (A job resizes more than once only where
+        when none is free within `immediate_s`; with `at_least`, as many as are free
+        between that and `count`. (A job resizes more than once only where
         Slurm keeps an accounting database: without slurmdbd the second resize fails.)
         Raises SlurmError when Slurm refuses (without SchedulerParameters=
         permit_job_expansion: "Requested operation not supported on this system")."""
         import tempfile
 
         _check_job(job.job_id)
-        args = ["salloc", "--no-shell", f"--immediate={immediate_s}", f"--nodes={count}",
+        nodes = f"{at_least}-{count}" if at_least is not None and 0 < at_least < count else str(count)
+        args = ["salloc", "--no-shell", f"--immediate={immediate_s}", f"--nodes={nodes}",
                 f"--dependency=expand:{job.job_id}", f"--job-name={job.name or 'job'}-grow"]
         if job.nodes:
             args.append(f"--exclude={_node_arg(job.nodes)}")
