@@ -9,16 +9,15 @@ jobid=… NodeList=…`), so that a fenced node can be rebooted or replaced: onl
 job runs no step at all (see `quiet`: Slurm 22.05 loses count of a step's cores when the
 job is resized under it), so here, between attempts. With warm servers (overlapping
 steps) running, a node is given back only when the next step needs the room: their
-restart would cost the warm start. It prints
-one line: the step's nodes, the rendezvous address (the first step node, at its
+restart would cost the warm start. It prints one line: the step's nodes, the rendezvous address (the first step node, at its
 NodeAddr when its name does not resolve here) and all the allocation's usable nodes,
 spares too (where a warm start's servers run):
 
     node1,node3 127.0.0.1 node1,node3,node4
 
 When fewer than NODES usable nodes are left, it first asks Slurm for free nodes to add
-to the job (job expansion, `Slurm.grow_job`): a restart on a node that came back beats a
-requeue.
+to the job (job expansion, `Slurm.grow_job`), up to `--total` (the spares too) where
+that many are free: a restart on a node that came back beats a requeue.
 
 `--keep TOTAL` is the batch script's background keeper: while the step trains and no
 other step runs beside it, it grows the allocation back to TOTAL usable nodes (a spare
