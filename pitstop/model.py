@@ -72,6 +72,11 @@ class Node:
         return self.state == "DOWN" or "DOWN" in self.flags
 
     @property
+    def unreachable(self) -> bool:
+        """Down or not responding: no slurmd answers for it (its steps are never torn down)."""
+        return self.down or "NOT_RESPONDING" in self.flags
+
+    @property
     def failed(self) -> bool:
         return self.state == "FAIL" or bool({"FAIL", "FAILING"} & set(self.flags))
 

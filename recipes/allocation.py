@@ -9,9 +9,9 @@ jobid=… NodeList=…`), so that a fenced node can be rebooted or replaced: onl
 job runs no step at all (see `quiet`: Slurm 22.05 loses count of a step's cores when the
 job is resized under it), so here, between attempts. With warm servers (overlapping
 steps) running, a node is given back only when the next step needs the room: their
-restart would cost the warm start. It prints one line: the step's nodes, the rendezvous address (the first step node, at its
-NodeAddr when its name does not resolve here) and all the allocation's usable nodes,
-spares too (where a warm start's servers run):
+restart would cost the warm start. It prints one line: the step's nodes, the rendezvous
+address (the first step node, at its NodeAddr when its name does not resolve here) and
+all the allocation's usable nodes, spares too (where a warm start's servers run):
 
     node1,node3 127.0.0.1 node1,node3,node4
 
@@ -192,9 +192,9 @@ def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: 
             last_end: float | None, total: int = 0) -> tuple[StepNodes, dict[str, Node]]:
     """Between attempts: give back the unusable nodes and, when too few usable ones are
     left, grow by free ones, back to `total` (spares too) where enough are free; the new
-    choice. Only once the job runs no step (`quiet`):
-    warm servers are stopped for it when the step needs the room, else the give-back
-    waits for a restart that does (the keeper starts them again)."""
+    choice. Only once the job runs no step (`quiet`): warm servers are stopped for it
+    when the step needs the room, else the give-back waits for a restart that does (the
+    keeper starts them again)."""
     import time
 
     from pitstop.rundir import WARM_STEP_NAME
@@ -206,7 +206,7 @@ def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: 
     # A step on a node whose slurmd is gone is never torn down: no resize, and a job
     # short of nodes requeues at once (Slurm's own removal of that node under the
     # running steps has left their cores counted as busy anyway).
-    unreachable = {name for name, node in by_name.items() if node.down or "NOT_RESPONDING" in node.flags}
+    unreachable = {name for name, node in by_name.items() if node.unreachable}
     stuck = [step for step, on in slurm.steps(job.job_id).items() if unreachable & set(on)]
     if stuck:
         print(f"pitstop: step {', '.join(stuck)} of job {job.job_id} is on a node that does not respond; "

@@ -10,8 +10,8 @@ names Slurm commands. What it guarantees:
   a step that fails — a rank died, the agent ended it over a fault, a node went down — is
   started again from the newest checkpoint on the allocation's healthy nodes, a spare in
   place of a fenced node (`pitstop.recipes.allocation` picks them and gives the fenced
-  ones back between attempts). Only when too few healthy nodes are left, the batch host itself is
-  fenced, or Slurm refuses to create the step twice running (srun's own failures end
+  ones back between attempts). Only when too few healthy nodes are left, the batch
+  host itself is fenced, or Slurm refuses to create the step twice running (srun's own failures end
   with EXIT_STEP_REFUSED), does the job requeue itself. Every start and end is a line in
   `RUN_DIR/attempts.jsonl`, whose presence tells the agent to end this job's step rather
   than requeue it (`pitstop.rundir`);
