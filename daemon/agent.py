@@ -85,7 +85,8 @@ class Agent:
             config.kmsg, cursor_path=Path(config.state_dir) / f"{self.node}.kmsg-cursor.json",
             boot_id_path=config.boot_id_file), gpus=self.gpus)
         self.joblogs = JobLogWatcher(self.node)
-        self.progress = ProgressWatcher(self.node, k=config.stall_k, floor_s=config.stall_floor_s)
+        self.progress = ProgressWatcher(self.node, k=config.stall_k, floor_s=config.stall_floor_s,
+                                        startup_s=config.stall_startup_s)
         self.slurmd = (SlurmdWatch(config.slurmd_pidfile, config.slurmd_grace_s, node=self.node)
                        if config.slurmd_pidfile else None)
         self.host_thresholds = HostThresholds.from_dict({

@@ -49,6 +49,7 @@ def _run_options(func):
         ("--breaker-window", float, "Seconds a fence counts against the blast radius."),
         ("--stall-k", float, "A step slower than k x the recent median is a hang."),
         ("--stall-floor", float, "Never call a hang before this many seconds."),
+        ("--stall-startup", float, "Seconds a (re)started run may take to its first step (default 4 x the floor)."),
         ("--return-check", click.Choice(["full", "none"]),
          "Back from a reboot: `full` returns the node only through `pitstop check full --resume`."),
         ("--return-check-config", str, "The hooks' settings file the return check reads."),
@@ -73,7 +74,7 @@ def _run_options(func):
 
 _FLAG_TO_SETTING = {"slurm_timeout": "slurm_timeout_s", "interval": "interval_s", "jobs_interval": "jobs_interval_s", "kmsg_poll": "kmsg_poll_s",
                     "slurmd_grace": "slurmd_grace_s",
-                    "breaker_window": "breaker_window_s", "stall_floor": "stall_floor_s",
+                    "breaker_window": "breaker_window_s", "stall_floor": "stall_floor_s", "stall_startup": "stall_startup_s",
                     "return_check_timeout": "return_check_timeout_s"}
 
 

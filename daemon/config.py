@@ -47,6 +47,9 @@ class AgentConfig:
     replace_command: list[str] = field(default_factory=list)
     stall_k: float = 5.0  # a step slower than k x the recent median is a hang
     stall_floor_s: float = 300.0
+    # How long a (re)started run may take to its first step (imports, rendezvous, loading
+    # the checkpoint) before that counts as a hang; None: 4 x stall_floor_s.
+    stall_startup_s: float | None = None
     slurm_timeout_s: float = 20.0
     # This node's slurmd pid file: slurmd seen dead this long sets the node DOWN at once
     # (`slurmd_down`), instead of after Slurm's SlurmdTimeout. "" turns the watch off.
@@ -80,7 +83,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "expected_gpus": (int, type(None)), "gpu_bus_ids": (list,), "expected_neuron_devices": (int, type(None)),
     "accelerator_glob": (str,), "disk": (dict,), "memory_min_available": (str,),
     "max_fenced_share": (int, float), "breaker_window_s": (int, float), "replace_command": (list,),
-    "stall_k": (int, float), "stall_floor_s": (int, float), "slurm_timeout_s": (int, float),
+    "stall_k": (int, float), "stall_floor_s": (int, float), "stall_startup_s": (int, float, type(None)),
+    "slurm_timeout_s": (int, float),
     "slurmd_pidfile": (str,), "slurmd_grace_s": (int, float),
     "return_check": (str,), "return_check_config": (str, type(None)), "return_check_timeout_s": (int, float),
     "return_check_retry_s": (int, float), "log_level": (str,),

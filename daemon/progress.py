@@ -151,16 +151,17 @@ class ProgressWatcher:
     """The I/O edge: one detector per job, each reading its run directory's heartbeat."""
 
     def __init__(self, node: str, *, k: float = 5.0, floor_s: float = 300.0, settle_factor: float = 2.0,
+                 startup_s: float | None = None,
                  read: Callable[[Path], dict[str, Any] | None] = read_heartbeat) -> None:
         self.node, self.k, self.floor_s, self._read = node, k, floor_s, read
-        self.settle_factor = settle_factor
+        self.settle_factor, self.startup_s = settle_factor, startup_s
         self._runs: dict[str, tuple[Path, StallDetector]] = {}
 
     def watch(self, job_id: str, run_dir: Path | str, now: float) -> None:
         if str(job_id) not in self._runs:
             self._runs[str(job_id)] = (Path(run_dir), StallDetector(
                 self.node, str(job_id), k=self.k, floor_s=self.floor_s, watching_since=now,
-                settle_factor=self.settle_factor))
+                settle_factor=self.settle_factor, startup_s=self.startup_s))
 
     def unwatch(self, job_id: str) -> None:
         self._runs.pop(str(job_id), None)

@@ -35,7 +35,8 @@ from pitstop.testbed.config import free_port_block
 
 RECIPE = "llama3-tiny-seq256-cpu-pretrain"
 FAULT_KINDS = ["xid79", "xid48", "nccl", "stall", "slurmd"]
-AGENT_ARGS = ["--stall-floor", "5", "--stall-k", "6"]
+# A fresh machine's first start (cold page cache) takes 20 s and more to its first step.
+AGENT_ARGS = ["--stall-floor", "5", "--stall-k", "6", "--stall-startup", "60"]
 SPARE_NODES = 1  # the job holds a stand-in, so a fenced node costs a restart, not a requeue
 # srun starts the ranks itself: a restart saves torchrun's own start and rendezvous.
 # An agent stamps a decision with the start of the tick that read the line, which under

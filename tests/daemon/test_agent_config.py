@@ -48,12 +48,14 @@ def test_the_slurmd_watch_settings(tmp_path):
     path.write_text("slurmd_pidfile: ''\nslurmd_grace_s: 5\n")
     config = load_config(path, {})
     assert (config.slurmd_pidfile, config.slurmd_grace_s) == ("", 5)
+    path.write_text("stall_startup_s: 600\n")
+    assert load_config(path, {}).stall_startup_s == 600
     path.write_text("slurmd_grace_s: soon\n")
     with pytest.raises(DataFileError, match="slurmd_grace_s"):
         load_config(path, {})
 
 
-def test_the_slurmd_flags_reach_their_settings():
+def test_the_slurmd_and_start_up_flags_reach_their_settings():
     from click.testing import CliRunner
 
     from pitstop.daemon import cli
@@ -66,9 +68,11 @@ def test_the_slurmd_flags_reach_their_settings():
 
     cli.run.callback = capture
     try:
-        result = CliRunner().invoke(cli.agent, ["run", "--slurmd-pidfile", "/tmp/x.pid", "--slurmd-grace", "2"])
+        result = CliRunner().invoke(cli.agent, ["run", "--slurmd-pidfile", "/tmp/x.pid", "--slurmd-grace", "2",
+                                                "--stall-startup", "60"])
     finally:
         cli.run.callback = original
     assert result.exit_code == 0, result.output
-    config = load_config(None, {k: seen[k] for k in ("slurmd_pidfile", "slurmd_grace_s")})
-    assert (config.slurmd_pidfile, config.slurmd_grace_s) == ("/tmp/x.pid", 2.0)
+    config = load_config(None, {k: seen[k] for k in ("slurmd_pidfile", "slurmd_grace_s", "stall_startup_s")})
+    assert (config.slurmd_pidfile, config.slurmd_grace_s, config.stall_startup_s) == ("/tmp/x.pid", 2.0, 60.0)
+    assert AgentConfig().stall_startup_s is None  # 4 x the stall floor

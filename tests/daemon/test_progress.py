@@ -146,3 +146,18 @@ def test_watcher_reads_the_run_directory(tmp_path):
     assert finding.job_id == "42" and finding.node == "n1" and "the first steps of a start" in finding.message
     watcher.unwatch("42")
     assert watcher.poll(1000.0) == []
+
+
+def test_the_watchers_start_up_limit_is_its_own_setting(tmp_path):
+    """A cold start (a fresh machine's page cache, a large checkpoint to load) may take
+    longer to its first step than 4 x a floor tuned for steps."""
+    run = tmp_path / "run"
+    run.mkdir()
+    watcher = ProgressWatcher("n1", k=5, floor_s=5, startup_s=60)
+    watcher.watch("42", run, now=0.0)
+    assert watcher.poll(59.0) == []  # 4 x the floor (20 s) is long past
+    (finding,) = watcher.poll(61.0)
+    assert "start-up limit 60s" in finding.message
+    default = ProgressWatcher("n1", k=5, floor_s=5)
+    default.watch("42", run, now=0.0)
+    assert default.poll(19.0) == [] and len(default.poll(21.0)) == 1

@@ -53,14 +53,6 @@ def test_a_run_carried_across_two_segments_resumes_with_the_uninterrupted_losses
     segments = [{"start": now, "end": now + 110, "nodes": 2}, {"start": now + 120, "end": now + 420, "nodes": 2}]
     book(slurm, PlanStore(plans_cli.state_dir), "carry", {"segments": segments})
 
-    # The uninterrupted run, at full speed, on the two nodes the plan does not hold.
-    baseline_proc = subprocess.run(
-        [sys.executable, "-m", "pitstop", "recipes", "launch", RECIPE, *TINY,
-         f"run.root={jobs_dir / 'baseline-runs'}", f"cluster.rdzv_port={port}", "--json"],
-        capture_output=True, text=True, timeout=60, env=plans_cli.env, cwd=jobs_dir)
-    assert baseline_proc.returncode == 0, baseline_proc.stderr
-    baseline = json.loads(baseline_proc.stdout)
-
     run_dir = jobs_dir / "plan-carry"
     plan = plans_cli.json("attach", "carry", RECIPE, *TINY, "trainer.step_delay=0.6",
                           f"cluster.rdzv_port={port + 1}", "--run-dir", str(run_dir), "--grace", "20s")
@@ -73,6 +65,16 @@ def test_a_run_carried_across_two_segments_resumes_with_the_uninterrupted_losses
     assert job1.end_time < segments[0]["end"] - 10
     log1 = (run_dir / f"slurm-{first}.out").read_text()
     assert "at the end of a training plan's segment; not requeueing" in log1
+
+    # The uninterrupted run, at full speed, on the two nodes the plan does not hold; only
+    # now, so that its start-up does not share the CPUs with the first segment's (under the
+    # suite's load that left the first segment no step before Slurm's early USR1).
+    baseline_proc = subprocess.run(
+        [sys.executable, "-m", "pitstop", "recipes", "launch", RECIPE, *TINY,
+         f"run.root={jobs_dir / 'baseline-runs'}", f"cluster.rdzv_port={port}", "--json"],
+        capture_output=True, text=True, timeout=60, env=plans_cli.env, cwd=jobs_dir)
+    assert baseline_proc.returncode == 0, baseline_proc.stderr
+    baseline = json.loads(baseline_proc.stdout)
 
     job2 = _finished(slurm, second, 420)
     assert job2.state == "COMPLETED", (run_dir / f"slurm-{second}.out").read_text()[-3000:]
