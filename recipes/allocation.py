@@ -76,6 +76,16 @@ def pick(job: Job, nodes: dict[str, Node], need: int) -> StepNodes:
     return StepNodes(step=usable[:need], spares=usable[need:], give_back=give_back)
 
 
+def free_nodes(job: Job, nodes: dict[str, Node]) -> list[str]:
+    """Pure: nodes the job could grow onto now, as far as the node list tells (idle,
+    usable, in its partition, in no reservation but the job's own); Slurm has the last
+    word (`Slurm.grow_job`)."""
+    return [name for name, node in nodes.items()
+            if name not in job.nodes and node.state == "IDLE" and node.available
+            and (not job.partition or job.partition in node.partitions or not node.partitions)
+            and ("RESERVED" not in node.flags or bool(job.reservation))]
+
+
 def rendezvous_address(node: Node) -> str:
     """The node's name when it resolves here, else its NodeAddr (a testbed's nodes)."""
     try:
@@ -188,13 +198,25 @@ class RunningAttempt:
         return cls(trains=beat.get("attempt") == records[-1].get("attempt"), last_end=last_end)
 
 
+def stuck_steps(slurm, job: Job, by_name: dict[str, Node]) -> list[str]:
+    """The job's steps that run on a node that does not respond: Slurm removes such a node
+    from the job (`--no-kill`) under its running steps, and Slurm 22.05 cannot take their
+    cores back when they end ("unable to update job's core use information due to job
+    resizing"): steps on the nodes left are refused as busy a few restarts later (seen
+    in the goodput bench, 2 x 60 s of refused steps and then a requeue anyway)."""
+    unreachable = {name for name, node in by_name.items() if node.unreachable}
+    return [step for step, on in slurm.steps(job.job_id).items() if unreachable & set(on)]
+
+
 def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: int,
             last_end: float | None, total: int = 0) -> tuple[StepNodes, dict[str, Node]]:
     """Between attempts: give back the unusable nodes and, when too few usable ones are
     left, grow by free ones, back to `total` (spares too) where enough are free; the new
     choice. Only once the job runs no step (`quiet`): warm servers are stopped for it
-    when the step needs the room, else the give-back waits for a restart that does (the
-    keeper starts them again)."""
+    when the step needs the room, else the give-back waits for a restart that does (a
+    restart on the spare stays warm; stopping the servers to give the node back and
+    grow the job costs a cold one, about 13 s more here). The caller made sure no step
+    is stuck on a node that does not respond (`stuck_steps`)."""
     import time
 
     from pitstop.rundir import WARM_STEP_NAME
@@ -203,22 +225,13 @@ def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: 
     warm = list(slurm.steps(job.job_id, only_names=(WARM_STEP_NAME,)))
     if warm and not chosen.too_few:
         return chosen, by_name  # the spare takes over warm; the fenced node goes back later
-    # A step on a node whose slurmd is gone is never torn down: no resize, and a job
-    # short of nodes requeues at once (Slurm's own removal of that node under the
-    # running steps has left their cores counted as busy anyway).
-    unreachable = {name for name, node in by_name.items() if node.unreachable}
-    stuck = [step for step, on in slurm.steps(job.job_id).items() if unreachable & set(on)]
-    if stuck:
-        print(f"pitstop: step {', '.join(stuck)} of job {job.job_id} is on a node that does not respond; "
-              "not resizing the job", file=sys.stderr)
-        return chosen, by_name
-    if warm:
-        slurm.kill_steps(job.job_id, warm)
-        last_end = time.time()
-    if not quiet(slurm, job.job_id, running=0, ended_at=last_end, wait_s=QUIET_S):
-        print(f"pitstop: job {job.job_id} still tears down its last step; not resizing it", file=sys.stderr)
-        return chosen, by_name
     if chosen.too_few:  # ask for free nodes, pick again (the unusable are given back below)
+        if warm:
+            slurm.kill_steps(job.job_id, warm)
+            last_end = time.time()
+        if not quiet(slurm, job.job_id, running=0, ended_at=last_end, wait_s=QUIET_S):
+            print(f"pitstop: job {job.job_id} still tears down its last step; not resizing it", file=sys.stderr)
+            return chosen, by_name
         try:
             usable = len(job.nodes) - len(chosen.give_back)
             added = _grow(slurm, job, max(need, total) - usable, at_least=need - usable)
@@ -229,6 +242,9 @@ def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: 
             job = slurm.job(job.job_id) or job
             by_name = {n.name: n for n in slurm.nodes()}
             chosen = pick(job, by_name, need)
+    elif not quiet(slurm, job.job_id, running=0, ended_at=last_end, wait_s=QUIET_S):
+        print(f"pitstop: job {job.job_id} still tears down its last step; not resizing it", file=sys.stderr)
+        return chosen, by_name
     if chosen.fits and chosen.give_back:
         give_back(slurm, job, chosen.give_back)
     return chosen, by_name
@@ -260,7 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         by_name = {n.name: n for n in slurm.nodes()}
         chosen = pick(job, by_name, args.nodes)
-        if chosen.too_few or chosen.give_back:
+        stuck = stuck_steps(slurm, job, by_name)
+        if stuck:  # a fresh allocation, at once: this one's core count cannot be trusted
+            chosen = StepNodes(unusable_reason=(
+                f"step {', '.join(stuck)} runs on a node that does not respond, and Slurm cannot "
+                "take its cores back in this allocation"))
+        elif chosen.too_few or chosen.give_back:
             chosen, by_name = _resize(slurm, job, by_name, chosen, args.nodes,
                                       RunningAttempt.read(os.environ.get("PITSTOP_RUN_DIR")).last_end,
                                       total=args.total or args.nodes)

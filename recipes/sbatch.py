@@ -58,6 +58,9 @@ STEP_CREATE_TIMEOUT_S = 60
 EXIT_STEP_REFUSED = 75
 REFUSED_STEPS_REQUEUE = 2
 KEEPER_RETRY_S = 4
+# A rank waits this long for its node's warm server while it imports (started just
+# before the step), rather than importing torch beside it; then it starts cold.
+WARM_WAIT_S = 120
 
 
 def default_python() -> Path:
@@ -198,15 +201,15 @@ class SbatchScript:
         return [launcher] + [[option] for option in options] + [
             ["-m", self.module, '"$PITSTOP_RUN_DIR"']]
 
-    def _keeper(self) -> str:
-        """The background keeper: it grows the allocation back to nodes + spares once a
-        node is free again (a spare a fault used is replaced before the next fault needs
-        it), and with `warm_start` keeps a warm server on every usable node, spares too,
-        so that a restart on a spare is warm as well. It asks Python only when the
-        allocation's size changed or is short."""
-        warm = "" if not self.warm_start else f"""\
+    def _warm_servers(self) -> str:
+        """`start_warm_servers NODES`: a warm server on each of NODES without one. The
+        loop calls it once the step's nodes are picked (so never while the job may be
+        resized: `pitstop.recipes.allocation.quiet`), on all the usable nodes, spares
+        too, so that a restart on a spare is warm as well; the ranks wait for servers
+        still importing (WARM_WAIT_S)."""
+        return f"""\
 declare -A warm_pids=()
-start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on each usable node without one
+start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on each node without one
     local node pid nodes
     IFS=, read -ra nodes <<< "$1"
     for node in "${{nodes[@]}}"; do
@@ -219,16 +222,15 @@ start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on ea
         fi
     done
 }}
+export PITSTOP_WARM_WAIT={WARM_WAIT_S}
 """
-        start = "" if not self.warm_start else """\
-        # Only while an attempt runs: between attempts the job may be resized, and Slurm
-        # must not see a step created meanwhile (pitstop.recipes.allocation.quiet).
-        if [[ "$(tail -n 1 "$attempts_file" 2>/dev/null)" == *'"event": "start"'* ]]; then
-            start_warm_servers "$usable"
-        fi
-"""
+
+    def _keeper(self) -> str:
+        """The background keeper: it grows the allocation back to nodes + spares once a
+        node is free again (a spare a fault used is replaced before the next fault needs
+        it). It asks Python only when the allocation's size changed or is short."""
         return f"""\
-{warm}keep_allocation() {{  # in the background: regrow used spares{"; a warm server on every usable node" if self.warm_start else ""}
+keep_allocation() {{  # in the background: regrow used spares
     local usable="" seen="" count records grow_to={self.nodes + self.spare_nodes} status asked=-1000 have
     while :; do
         # Ask again when the allocation changed or an attempt started or ended, or (not
@@ -246,7 +248,7 @@ start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on ea
             asked=$SECONDS
             seen="$(squeue -h -j "$SLURM_JOB_ID" -o %D 2>/dev/null) $records"
         fi
-{start}        sleep "${{PITSTOP_KEEPER_INTERVAL_S:-{KEEPER_INTERVAL_S}}}"
+        sleep "${{PITSTOP_KEEPER_INTERVAL_S:-{KEEPER_INTERVAL_S}}}"
     done
 }}
 keep_allocation &
@@ -299,9 +301,12 @@ requeue_job() {  # why, the status to end with
         if [[ "$caught_signal" == USR1 ]]; then
             echo "pitstop: the step ended (status $step_status) after SIGUSR1; cluster.requeue is false, so the job is not requeued" >&2
         fi"""
-        keeper = "" if not (self.warm_start or self.spare_nodes) else self._keeper()
+        keeper = (self._warm_servers() if self.warm_start else "") + (self._keeper() if self.spare_nodes else "")
         # A resize between attempts grows back to the spares too, where nodes are free.
         total = f" --total {self.nodes + self.spare_nodes}" if self.spare_nodes else ""
+        warm_start = "" if not self.warm_start else """\
+    start_warm_servers "$usable_nodes"  # where none runs; the ranks wait for them
+"""
         srun_env = "" if self.launcher != "srun" else f"""\
     # srun starts every rank: they meet at the step's first node (the runtime takes its
     # rank from SLURM_PROCID).
@@ -365,8 +370,8 @@ while :; do
         echo "pitstop: could not ask Slurm for the allocation's nodes (status $placement_status); the run stops here" >&2
         exit 1
     fi
-    read -r step_nodes rdzv_host _ <<< "$placement"
-    # The record first, then the line: an agent that starts following the output between
+    read -r step_nodes rdzv_host usable_nodes <<< "$placement"
+{warm_start}    # The record first, then the line: an agent that starts following the output between
     # the two reads this attempt from the record, and the line only confirms it.
     record start "$attempt" ", \\"nodes\\": \\"$step_nodes\\""
     echo "pitstop: attempt $attempt of job $SLURM_JOB_ID: the step starts on $step_nodes" >&2

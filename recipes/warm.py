@@ -13,9 +13,13 @@ signals to it and exits with its status. To Slurm and the batch script the clien
 the rank: killing the step kills the clients, and a server whose client is gone kills
 that child's process group at once.
 
-Nothing depends on the server being there: a client that finds no server (the first
-attempt, while the servers still import torch; a server that died) runs the module
-itself, cold.
+The batch script starts the servers before the step that needs them (the first attempt,
+a restart after the allocation was resized) and tells the clients to wait for them
+(`PITSTOP_WARM_WAIT`, seconds): a server that is still importing says so by a marker
+beside its socket, and its client waits for it rather than importing torch beside it
+(on a node where both start at once that is twice the work, and slower than waiting).
+Nothing depends on the server being there: a client that finds no server (none started,
+or one that died) runs the module itself, cold.
 
 The socket lives in a directory only its user can enter (`$TMPDIR/pitstop-warm-UID`,
 mode 0700), named by job and node, and the server checks that a caller is its own user.
@@ -68,6 +72,12 @@ def socket_path(environ=os.environ) -> Path:
         raise WarmError("SLURM_JOB_ID and SLURMD_NODENAME are not set: not inside a Slurm step")
     base = Path(environ.get("TMPDIR") or "/tmp") / f"pitstop-warm-{os.getuid()}"
     return base / f"{job}-{node}.sock"
+
+
+def starting_marker(path: Path) -> Path:
+    """Beside the socket while its server imports: the server's pid, written before the
+    imports and removed once the socket is in place (or the imports failed)."""
+    return path.with_name(f"{path.name}.starting")
 
 
 def private_dir(path: Path) -> Path:
@@ -360,8 +370,16 @@ def training_ranks(run_dir: Path, job_id: str) -> list[int]:
 def serve(path: Path) -> int:
     started = time.monotonic()
     server = Server(path)
-    preload()
-    server.listen()
+    marker = starting_marker(path)
+    private_dir(path)
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, marker)
+    try:
+        preload()
+        server.listen()
+    finally:
+        marker.unlink(missing_ok=True)
     server.say(f"pitstop.recipes.warm: ready on {path} after {time.monotonic() - started:.2f} s "
                f"(pid {os.getpid()})")
     server.serve_forever()
@@ -372,14 +390,75 @@ def serve(path: Path) -> int:
 # The client
 
 
-def run(module: str, argv: list[str], path: Path | None = None) -> int:
+# A server the batch script started just before the step writes its marker within
+# moments; a client that sees none by then runs cold.
+MARKER_GRACE_S = 10.0
+
+
+def connect(path: Path, wait_s: float = 0.0) -> socket.socket | None:
+    """A connection to the node's server; with `wait_s`, waits up to that long for a
+    server that is starting (its marker is there and its pid lives), MARKER_GRACE_S of
+    it for one to show up. None: no server to use."""
+    started = time.monotonic()
+    marker_seen = marker_gone = None  # when the marker was first seen, and seen gone
+    while True:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(path))
+            return conn
+        except OSError:
+            conn.close()
+        now = time.monotonic()
+        if now - started >= wait_s:
+            return None
+        pid = _marker_pid(starting_marker(path))
+        if pid is not None:
+            if not _alive(pid):
+                return None  # the server died importing
+            marker_seen, marker_gone = marker_seen or now, None
+        elif marker_seen is None and now - started >= MARKER_GRACE_S:
+            return None  # no server is starting here
+        elif marker_seen is not None:  # its socket is in place by now, or it failed
+            marker_gone = marker_gone or now
+            if now - marker_gone >= 1.0:
+                return None
+        time.sleep(0.05)
+
+
+def _marker_pid(marker: Path) -> int | None:
+    try:
+        return int(marker.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a warm server still (not a process that got its pid since)."""
+    try:
+        return b"pitstop.recipes.warm\0serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def run(module: str, argv: list[str], path: Path | None = None, wait_s: float | None = None) -> int:
     """Run MODULE ARGV… as this process would, through the node's server when there is
-    one, else cold (exec: the same process, the same pid to Slurm)."""
+    one (waiting `wait_s`, default $PITSTOP_WARM_WAIT, for one that is starting), else
+    cold (exec: the same process, the same pid to Slurm)."""
+    if wait_s is None:
+        try:
+            wait_s = float(os.environ.get("PITSTOP_WARM_WAIT") or 0)
+        except ValueError:
+            wait_s = 0.0
     try:
         path = path or socket_path()
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(str(path))
-    except (OSError, WarmError):
+    except WarmError:
+        _cold(module, argv)
+    waiting_since = time.monotonic()
+    conn = connect(path, wait_s)
+    if conn is None:
+        if wait_s > 0:
+            print(f"pitstop.recipes.warm: no server at {path} after {time.monotonic() - waiting_since:.1f} s; "
+                  "starting the rank cold", file=sys.stderr)
         _cold(module, argv)
     request = {"module": module, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}
     try:

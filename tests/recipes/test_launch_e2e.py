@@ -106,28 +106,59 @@ def test_scontrol_requeue_resumes_with_the_same_losses(testbed, slurm, baseline)
     assert assert_same_losses_after_resume(run_dir, losses(baseline)) > 1
 
 
-def test_killed_rank_restarts_warm_from_the_newest_checkpoint(testbed, slurm, baseline):
-    """A rank is killed: the batch script starts the step again in its allocation (no
-    requeue, same nodes), and with `cluster.warm_start` the new ranks are forked by the
-    servers that have torch imported already; the losses are the uninterrupted run's."""
-    job_id, run_dir = launch(testbed, "cluster.launcher=srun", "cluster.warm_start=true")
+def _forked(servers_log: Path, attempt: int) -> list[str]:
+    """The tasks the warm servers forked for `attempt`."""
+    return sorted(re.findall(rf"forked pid \d+: pitstop.recipes.train \S+ \(attempt {attempt}, step \d+, task (\d+)\)",
+                             servers_log.read_text()))
+
+
+def test_warm_restarts_on_the_spare_then_after_a_resize_on_servers_started_afresh(testbed, slurm, baseline):
+    """`cluster.warm_start` with a spare. The first attempt's ranks wait for the servers
+    the batch script started just before them. A node is fenced the way the agent fences
+    (drain, end the training step): the step starts again on the spare, forked by the
+    servers already there, and the fenced node waits in the job (giving it back would
+    stop them). A second node is fenced: too few are left, so the servers are stopped,
+    both fenced nodes go back, the job grows onto the free node, and the ranks wait for
+    servers started afresh. Never cold, no requeue; the losses are the uninterrupted run's."""
+    from pitstop.rundir import WARM_STEP_NAME
+
+    job_id, run_dir = launch(testbed, "cluster.launcher=srun", "cluster.warm_start=true",
+                             "cluster.spare_nodes=1", "trainer.step_delay=0.3")
     servers = run_dir / "warm-servers.log"
-    wait_until(lambda: servers.exists() and servers.read_text().count(" ready on ") == 2, 120,
-               interval=0.2, what="a warm server on both nodes")
-    wait_step(run_dir, 14)
-    ranks = wait_until(lambda: training_ranks(run_dir, job_id), 10, what="the training ranks")
-    os.kill(ranks[-1], signal.SIGKILL)
-    job = wait_finished(slurm, job_id)
-    assert job.state == "COMPLETED" and job.restart_count == 0
+    fenced: list[str] = []
+
+    def fence(attempt: int) -> None:
+        job = slurm.job(job_id)
+        victim = next(n for n in read_attempts(run_dir)[-1]["nodes"].split(",") if n != job.batch_host)
+        slurm.drain(victim, "pitstop: test fence")
+        fenced.append(victim)
+        warm = slurm.steps(job_id, only_names=(WARM_STEP_NAME,))
+        slurm.kill_steps(job_id, [step for step in slurm.steps(job_id) if step not in warm])
+        wait_until(lambda: len(_forked(servers, attempt)) == 4, 120, interval=0.2,
+                   what=f"attempt {attempt}'s ranks, forked by the warm servers")
+
+    try:
+        wait_step(run_dir, 12)
+        assert _forked(servers, 0) == ["0", "1", "2", "3"], servers.read_text()
+        fence(1)
+        assert fenced[0] in slurm.job(job_id).nodes  # kept while the servers run
+        wait_step(run_dir, 22)
+        fence(2)
+        job = wait_finished(slurm, job_id)
+    finally:
+        for node in fenced:
+            slurm.resume(node)
+    out = (run_dir / f"slurm-{job_id}.out").read_text()
+    assert job.state == "COMPLETED" and job.restart_count == 0, out[-3000:]
     starts = [r for r in read_attempts(run_dir) if r["event"] == "start"]
-    assert [r["attempt"] for r in starts] == [0, 1] and starts[0]["nodes"] == starts[1]["nodes"]
-    ends = [r for r in read_attempts(run_dir) if r["event"] == "end"]
-    assert ends[0]["status"] != 0 and ends[-1]["status"] == 0
-    forked = re.findall(r"forked pid \d+: pitstop.recipes.train \S+ \(attempt 1, step \d+, task (\d+)\)",
-                        servers.read_text())
-    assert sorted(forked) == ["0", "1", "2", "3"], servers.read_text()
+    assert [r["attempt"] for r in starts] == [0, 1, 2]
+    assert not set(fenced) & set(starts[2]["nodes"].split(",")) and fenced[0] not in starts[1]["nodes"]
+    assert f"gave back {', '.join(sorted(fenced))}" in out and "grew by" in out
+    assert "starting the rank cold" not in out
+    # Three servers at the start (two nodes and the spare), two after the resize (one node was free).
+    assert servers.read_text().count(" ready on ") == 5, servers.read_text()
     first = assert_same_losses_after_resume(run_dir, losses(baseline))
-    assert first == 11  # the newest complete checkpoint before the kill was step 10
+    assert first == 11  # the newest complete checkpoint before the first fence was step 10
 
 
 def test_a_fenced_node_is_replaced_by_the_spare_and_the_spare_grows_back(testbed, slurm, baseline):

@@ -20,7 +20,7 @@ import pytest
 
 from pitstop.recipes.compose import compose, recipe_names
 from pitstop.recipes.errors import RecipeError
-from pitstop.recipes.sbatch import SbatchScript, default_torchrun
+from pitstop.recipes.sbatch import WARM_WAIT_S, SbatchScript, default_torchrun
 
 GOLDEN = Path(__file__).parent / "golden"
 RUN_DIR = Path("/shared/runs/golden")
@@ -163,6 +163,7 @@ if [[ "$1" == --overlap ]]; then  # a warm server: lives a while, or dies at onc
 fi
 echo "$@" >> "$FAKE_LOG/srun.args"
 echo "$PITSTOP_ATTEMPT" >> "$FAKE_LOG/srun.attempts"
+echo "${PITSTOP_WARM_WAIT:-}" >> "$FAKE_LOG/step.warm_wait"
 if (( $(wc -l < "$FAKE_LOG/srun.attempts") <= ${FAKE_REFUSED:-0} )); then  # as srun fails to create a step
     echo "srun: error: Unable to create step for job $SLURM_JOB_ID: Requested nodes are busy" >&2
     exit "$SLURM_EXIT_ERROR"
@@ -289,12 +290,12 @@ def test_a_failed_step_starts_again_in_the_allocation(fake_slurm):
 
 
 def test_a_warm_start_keeps_a_server_on_every_usable_node(tmp_path):
-    """cluster.warm_start: the keeper starts a server on every usable node, spares too,
-    that has none alive (one that died is started again), and the step's ranks are the
-    warm client."""
+    """cluster.warm_start: before each attempt the loop starts a server on every usable
+    node the placement names, spares too, that has none alive (one that died is started
+    again), and the step's ranks are the warm client, told to wait for a server that is
+    still starting."""
     bin_dir, log, run_dir = tmp_path / "bin", tmp_path / "log", tmp_path / "run"
-    _fake_bin(bin_dir, srun=FAKE_SRUN, scontrol=FAKE_SCONTROL, python=FAKE_PYTHON,
-              squeue='#!/bin/bash\necho "${FAKE_NODE_COUNT:-3}"\n')
+    _fake_bin(bin_dir, srun=FAKE_SRUN, scontrol=FAKE_SCONTROL, python=FAKE_PYTHON)
     log.mkdir()
     run_dir.mkdir()
     cfg = compose(TINY, ["cluster.max_restarts=2", "cluster.launcher=srun", "cluster.warm_start=true"])
@@ -303,19 +304,19 @@ def test_a_warm_start_keeps_a_server_on_every_usable_node(tmp_path):
     script_path.write_text(replace(script, python=bin_dir / "python").render())
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
            "SLURM_JOB_ID": "4242", "FAKE_FAILS": "1", "FAKE_WARM_DIES": "node-b",
-           "FAKE_USABLE": "node-a,node-b,node-c", "FAKE_STEP_DELAY": "0.6", "PITSTOP_KEEPER_INTERVAL_S": "0.2"}
+           "FAKE_PLACEMENT": "node-a,node-b 10.1.2.3 node-a,node-b,node-c", "FAKE_STEP_DELAY": "0.6"}
     env.pop("SLURM_RESTART_COUNT", None)
     result = _run(script_path, env)
     assert result.returncode == 0, result.stderr
     servers = [re.search(r"--nodelist=(\S+)", line).group(1) for line in (log / "warm.args").read_text().splitlines()]
-    assert servers.count("node-a") == 1 and servers.count("node-c") == 1 and servers.count("node-b") >= 2
-    assert _calls(log, "keeper").splitlines()[0].split() == [
-        "-m", "pitstop.recipes.allocation", "4242", "2", "--keep", "2"]
+    assert sorted(servers) == ["node-a", "node-b", "node-b", "node-c"]  # node-b's died: started again
     assert all(line.endswith(f"{bin_dir / 'python'} -m pitstop.recipes.warm serve")
                for line in (log / "warm.args").read_text().splitlines())
     steps = (log / "srun.args").read_text().splitlines()
     assert len(steps) == 2
     assert all(line.endswith(f"-m pitstop.recipes.warm run pitstop.recipes.train {run_dir}") for line in steps)
+    assert (log / "step.warm_wait").read_text().split() == [str(WARM_WAIT_S)] * 2
+    assert not (log / "keeper.calls").exists()  # no spares: nothing to keep
 
 
 def test_a_warm_start_needs_the_srun_launcher():

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pitstop.recipes.warm import RANK_NAME, WarmError, private_dir, socket_path
+from pitstop.recipes.warm import RANK_NAME, WarmError, private_dir, socket_path, starting_marker
 from pitstop.waiting import wait_until
 
 PROBE = textwrap.dedent('''
@@ -134,3 +134,44 @@ def test_the_socket_directory_must_be_private(tmp_path):
 def test_outside_a_slurm_step_there_is_no_socket():
     with pytest.raises(WarmError, match="not inside a Slurm step"):
         socket_path({})
+
+
+def test_a_client_waits_for_the_server_that_is_still_starting(warm, tmp_path):
+    """The batch script starts the servers just before the step: a rank that finds its
+    server still importing torch waits for it (PITSTOP_WARM_WAIT) and is forked by it,
+    rather than importing torch beside it."""
+    base, env, _ = warm
+    env = {**env, "SLURM_JOB_ID": "33", "PITSTOP_WARM_WAIT": "120"}
+    server = subprocess.Popen([sys.executable, "-m", "pitstop.recipes.warm", "serve"], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        marker = starting_marker(socket_path(env))
+        wait_until(lambda: marker.exists() or socket_path(env).exists() or server.poll() is not None, 60,
+                   interval=0.01, what="the server to start")
+        assert marker.exists() and not socket_path(env).exists(), "the server should still be importing"
+        assert marker.read_text() == str(server.pid)
+        out = tmp_path / "probe.txt"
+        client = _client(env, tmp_path, str(out), "0")
+        stdout, stderr = client.communicate("late\n", timeout=120)
+        assert client.returncode == 0, stderr
+        assert int(out.read_text().split()[1]) == server.pid  # forked by the server it waited for
+        assert not marker.exists() and socket_path(env).exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_client_does_not_wait_for_a_server_that_died_starting(warm, tmp_path):
+    base, env, _ = warm
+    env = {**env, "SLURM_JOB_ID": "34", "PITSTOP_WARM_WAIT": "120"}
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    marker = starting_marker(socket_path(env))
+    private_dir(socket_path(env))
+    marker.write_text(str(dead.pid))  # what a server killed while it imported leaves
+    out = tmp_path / "probe.txt"
+    client = _client(env, tmp_path, str(out), "0")
+    stdout, stderr = client.communicate("cold\n", timeout=60)
+    assert client.returncode == 0, stderr
+    assert int(out.read_text().split()[0]) == client.pid  # cold: exec'd in place
+    assert "starting the rank cold" in stderr
