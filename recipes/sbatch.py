@@ -209,15 +209,19 @@ class SbatchScript:
         still importing (WARM_WAIT_S)."""
         return f"""\
 declare -A warm_pids=()
-start_warm_servers() {{  # a warm server (torch imported, forks the ranks) on each node without one
-    local node pid nodes
+start_warm_servers() {{  # NODES STEP_NODES: a warm server (torch imported, forks the ranks) on each node without one
+    local node pid nodes defer
     IFS=, read -ra nodes <<< "$1"
     for node in "${{nodes[@]}}"; do
         pid="${{warm_pids[$node]:-}}"
         if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+            # A spare's server imports once the step trains (or a rank asks for it): on a
+            # host the nodes share, its imports would slow the step's own servers.
+            defer=""
+            [[ ",$2," == *",$node,"* ]] || defer=--defer
             srun --overlap --immediate={STEP_CREATE_TIMEOUT_S} --job-name={WARM_STEP_NAME} --nodes=1 --ntasks=1 \\
                 --nodelist="$node" --kill-on-bad-exit=0 \\
-                "$python" -m {WARM_MODULE} serve >> "$PITSTOP_RUN_DIR/warm-servers.log" 2>&1 &
+                "$python" -m {WARM_MODULE} serve $defer >> "$PITSTOP_RUN_DIR/warm-servers.log" 2>&1 &
             warm_pids[$node]=$!
         fi
     done
@@ -305,7 +309,7 @@ requeue_job() {  # why, the status to end with
         # A resize between attempts grows back to the spares too, where nodes are free.
         total = f" --total {self.nodes + self.spare_nodes}" if self.spare_nodes else ""
         warm_start = "" if not self.warm_start else """\
-    start_warm_servers "$usable_nodes"  # where none runs; the ranks wait for them
+    start_warm_servers "$usable_nodes" "$step_nodes"  # where none runs; the ranks wait for them
 """
         srun_env = "" if self.launcher != "srun" else f"""\
     # srun starts every rank: they meet at the step's first node (the runtime takes its

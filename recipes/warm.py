@@ -80,6 +80,11 @@ def starting_marker(path: Path) -> Path:
     return path.with_name(f"{path.name}.starting")
 
 
+def wanted_marker(path: Path) -> Path:
+    """Left by a client that waits for a deferred server: import now, the rank needs you."""
+    return path.with_name(f"{path.name}.wanted")
+
+
 def private_dir(path: Path) -> Path:
     """The socket's directory: created 0700, and refused unless it is ours and private."""
     directory = path.parent
@@ -367,8 +372,30 @@ def training_ranks(run_dir: Path, job_id: str) -> list[int]:
     return sorted(pids)
 
 
-def serve(path: Path) -> int:
-    started = time.monotonic()
+# A deferred server (a spare node's) imports once the step trains, once a rank asks for
+# it, or after this long at the most.
+DEFER_MAX_S = 60.0
+
+
+def defer(path: Path, run_dir: Path | None, since: float, limit_s: float = DEFER_MAX_S) -> str:
+    """Wait to import until the run's heartbeat is newer than `since` (its step trains:
+    the imports no longer slow its ranks' start on a host they share), a client wants
+    this server (`wanted_marker`), or `limit_s` passed; says which."""
+    heartbeat = run_dir / "heartbeat.json" if run_dir else None
+    while time.time() - since < limit_s:
+        if wanted_marker(path).exists():
+            return "a rank asked for it"
+        try:
+            if heartbeat is not None and heartbeat.stat().st_mtime >= since:
+                return "the step trains"
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return f"{limit_s:.0f} s passed"
+
+
+def serve(path: Path, deferred: bool = False) -> int:
+    started, since = time.monotonic(), time.time()
     server = Server(path)
     marker = starting_marker(path)
     private_dir(path)
@@ -376,10 +403,15 @@ def serve(path: Path) -> int:
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, marker)
     try:
+        if deferred:
+            run_dir = os.environ.get("PITSTOP_RUN_DIR")
+            why = defer(path, Path(run_dir) if run_dir else None, since)
+            server.say(f"pitstop.recipes.warm: importing on {path} after {time.monotonic() - started:.2f} s ({why})")
         preload()
         server.listen()
     finally:
         marker.unlink(missing_ok=True)
+        wanted_marker(path).unlink(missing_ok=True)
     server.say(f"pitstop.recipes.warm: ready on {path} after {time.monotonic() - started:.2f} s "
                f"(pid {os.getpid()})")
     server.serve_forever()
@@ -415,6 +447,11 @@ def connect(path: Path, wait_s: float = 0.0) -> socket.socket | None:
         if pid is not None:
             if not _alive(pid):
                 return None  # the server died importing
+            if marker_seen is None:  # a deferred server imports now
+                try:
+                    wanted_marker(path).touch()
+                except OSError:
+                    pass
             marker_seen, marker_gone = marker_seen or now, None
         elif marker_seen is None and now - started >= MARKER_GRACE_S:
             return None  # no server is starting here
@@ -513,11 +550,11 @@ def _cold(module: str, argv: list[str]) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: python -m pitstop.recipes.warm serve\n"
+    usage = ("usage: python -m pitstop.recipes.warm serve [--defer]\n"
              "       python -m pitstop.recipes.warm run MODULE [ARG ...]")
-    if args[:1] == ["serve"] and len(args) == 1:
+    if args[:1] == ["serve"] and args[1:] in ([], ["--defer"]):
         try:
-            return serve(socket_path())
+            return serve(socket_path(), deferred=args[1:] == ["--defer"])
         except WarmError as exc:
             print(f"pitstop.recipes.warm: {exc}", file=sys.stderr)
             return 2

@@ -175,3 +175,34 @@ def test_a_client_does_not_wait_for_a_server_that_died_starting(warm, tmp_path):
     assert client.returncode == 0, stderr
     assert int(out.read_text().split()[0]) == client.pid  # cold: exec'd in place
     assert "starting the rank cold" in stderr
+
+
+@pytest.mark.parametrize("trigger", ["the step trains", "a rank asked for it"])
+def test_a_deferred_server_imports_once_the_step_trains_or_a_rank_asks(warm, tmp_path, trigger):
+    """A spare's server (`serve --defer`) waits to import torch until the run's heartbeat
+    is newer than the server (its step trains), or until a rank that needs it asks."""
+    base, env, _ = warm
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**env, "SLURM_JOB_ID": f"35{len(trigger)}", "PITSTOP_WARM_WAIT": "120", "PITSTOP_RUN_DIR": str(run_dir)}
+    server = subprocess.Popen([sys.executable, "-m", "pitstop.recipes.warm", "serve", "--defer"], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        marker = starting_marker(socket_path(env))
+        wait_until(lambda: marker.exists() or server.poll() is not None, 60, interval=0.01,
+                   what="the deferred server to start")
+        if trigger == "the step trains":
+            (run_dir / "heartbeat.json").write_text('{"step": 1}')
+            wait_until(lambda: socket_path(env).exists() or server.poll() is not None, 120, interval=0.1,
+                       what="the server to import and listen")
+        else:
+            out = tmp_path / "probe.txt"
+            client = _client(env, tmp_path, str(out), "0")
+            stdout, stderr = client.communicate("asked\n", timeout=120)
+            assert client.returncode == 0, stderr
+            assert int(out.read_text().split()[1]) == server.pid  # forked by the server it woke
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert f"({trigger})" in server.stderr.read()
