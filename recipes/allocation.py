@@ -24,8 +24,9 @@ other step runs beside it, it grows the allocation back to TOTAL usable nodes (a
 used by an earlier fault is replaced once a node is free again), and prints the usable
 nodes, spares too, on one line.
 
-Exit 0: printed. Exit 4: fewer than NODES usable nodes, or the batch host itself is no
-longer usable (the batch shell cannot leave its node): the job must be requeued.
+Exit 0: printed. Exit 4: fewer than NODES usable nodes, the batch host itself is no
+longer usable (the batch shell cannot leave its node), or a step runs on a node that
+does not respond (`stuck_steps`): the job must be requeued.
 Exit 5 (`--keep`): Slurm does not let jobs grow here (SchedulerParameters lacks
 permit_job_expansion); the keeper stops asking. Exit 1: Slurm could not be asked; the
 message says why.
@@ -74,16 +75,6 @@ def pick(job: Job, nodes: dict[str, Node], need: int) -> StepNodes:
             f"{len(usable)} usable node(s) left in the allocation ({', '.join(usable) or 'none'}), "
             f"{need} needed"))
     return StepNodes(step=usable[:need], spares=usable[need:], give_back=give_back)
-
-
-def free_nodes(job: Job, nodes: dict[str, Node]) -> list[str]:
-    """Pure: nodes the job could grow onto now, as far as the node list tells (idle,
-    usable, in its partition, in no reservation but the job's own); Slurm has the last
-    word (`Slurm.grow_job`)."""
-    return [name for name, node in nodes.items()
-            if name not in job.nodes and node.state == "IDLE" and node.available
-            and (not job.partition or job.partition in node.partitions or not node.partitions)
-            and ("RESERVED" not in node.flags or bool(job.reservation))]
 
 
 def rendezvous_address(node: Node) -> str:
@@ -225,13 +216,13 @@ def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: 
     warm = list(slurm.steps(job.job_id, only_names=(WARM_STEP_NAME,)))
     if warm and not chosen.too_few:
         return chosen, by_name  # the spare takes over warm; the fenced node goes back later
+    if warm:  # the step needs the room (see above): the servers are stopped for the resize
+        slurm.kill_steps(job.job_id, warm)
+        last_end = time.time()
+    if not quiet(slurm, job.job_id, running=0, ended_at=last_end, wait_s=QUIET_S):
+        print(f"pitstop: job {job.job_id} still tears down its last step; not resizing it", file=sys.stderr)
+        return chosen, by_name
     if chosen.too_few:  # ask for free nodes, pick again (the unusable are given back below)
-        if warm:
-            slurm.kill_steps(job.job_id, warm)
-            last_end = time.time()
-        if not quiet(slurm, job.job_id, running=0, ended_at=last_end, wait_s=QUIET_S):
-            print(f"pitstop: job {job.job_id} still tears down its last step; not resizing it", file=sys.stderr)
-            return chosen, by_name
         try:
             usable = len(job.nodes) - len(chosen.give_back)
             added = _grow(slurm, job, max(need, total) - usable, at_least=need - usable)
@@ -242,9 +233,6 @@ def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: 
             job = slurm.job(job.job_id) or job
             by_name = {n.name: n for n in slurm.nodes()}
             chosen = pick(job, by_name, need)
-    elif not quiet(slurm, job.job_id, running=0, ended_at=last_end, wait_s=QUIET_S):
-        print(f"pitstop: job {job.job_id} still tears down its last step; not resizing it", file=sys.stderr)
-        return chosen, by_name
     if chosen.fits and chosen.give_back:
         give_back(slurm, job, chosen.give_back)
     return chosen, by_name

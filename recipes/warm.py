@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from pitstop.fsutil import write_atomic
+
 # What a rank of the training runtime imports before its first step, and what its
 # optimizer's first step imports lazily.
 PRELOAD = (
@@ -381,17 +383,22 @@ def defer(path: Path, run_dir: Path | None, since: float, limit_s: float = DEFER
     """Wait to import until the run's heartbeat is newer than `since` (its step trains:
     the imports no longer slow its ranks' start on a host they share), a client wants
     this server (`wanted_marker`), or `limit_s` passed; says which."""
+    from pitstop.waiting import wait_until
+
     heartbeat = run_dir / "heartbeat.json" if run_dir else None
-    while time.time() - since < limit_s:
+
+    def woken() -> str:
         if wanted_marker(path).exists():
             return "a rank asked for it"
         try:
-            if heartbeat is not None and heartbeat.stat().st_mtime >= since:
-                return "the step trains"
+            return "the step trains" if heartbeat is not None and heartbeat.stat().st_mtime >= since else ""
         except OSError:
-            pass
-        time.sleep(0.1)
-    return f"{limit_s:.0f} s passed"
+            return ""
+
+    try:
+        return wait_until(woken, limit_s - (time.time() - since), what="the step to train", interval=0.1)
+    except TimeoutError:
+        return f"{limit_s:.0f} s passed"
 
 
 def serve(path: Path, deferred: bool = False) -> int:
@@ -399,9 +406,7 @@ def serve(path: Path, deferred: bool = False) -> int:
     server = Server(path)
     marker = starting_marker(path)
     private_dir(path)
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
-    tmp.write_text(str(os.getpid()))
-    os.replace(tmp, marker)
+    write_atomic(marker, str(os.getpid()))
     try:
         if deferred:
             run_dir = os.environ.get("PITSTOP_RUN_DIR")

@@ -4,7 +4,7 @@ fenced ones given back; too few, or a fenced batch host, means a requeue."""
 from __future__ import annotations
 
 from pitstop.model import Job, Node
-from pitstop.recipes.allocation import RunningAttempt, free_nodes, pick, rendezvous_address
+from pitstop.recipes.allocation import RunningAttempt, pick, rendezvous_address
 
 
 def _nodes(**states: str) -> dict[str, Node]:
@@ -50,15 +50,6 @@ def test_a_fenced_batch_host_means_a_requeue_even_with_enough_nodes():
 def test_a_node_slurm_no_longer_lists_is_not_used():
     chosen = pick(JOB, _nodes(n1="mixed", n3="allocated"), 2)
     assert chosen.step == ["n1", "n3"] and chosen.give_back == ["n2"]
-
-
-def test_the_nodes_a_job_could_grow_onto_are_idle_usable_and_not_reserved_for_others():
-    nodes = _nodes(n1="mixed", n2="mixed+drain", n3="allocated", n4="idle", n5="idle+drain",
-                   n6="idle+reserved", n7="mixed", n8="idle+not_responding", n9="idle+maintenance+reserved")
-    nodes["n4"].partitions = ["gpu"]
-    assert free_nodes(JOB, nodes) == ["n4"]  # n6 is held by a reservation, not the job's
-    assert free_nodes(Job(job_id="8", nodes=["n1"], reservation="mine"), nodes) == ["n4", "n6"]
-    assert free_nodes(Job(job_id="9", nodes=["n1"], partition="cpu"), nodes) == []  # n4 is gpu's
 
 
 def test_the_rendezvous_is_the_name_when_it_resolves_else_the_node_address():
