@@ -78,7 +78,8 @@ def test_the_demo_on_a_terminal_shows_the_fence_and_the_resume_in_the_tui(tmp_pa
                    60, what="the demo to exit after q")
         printed = terminal.screen()
         assert "ETTR" in printed and "faults detected       1" in printed and "Traceback" not in printed
-        assert terminal.tmux("display-message", "-p", "-t", "tui", "#{pane_dead_status}").strip() == "0"
+        ended = terminal.tmux("display-message", "-p", "-t", "tui", "#{pane_dead_status}/#{pane_dead_signal}").strip()
+        assert ended == "0/", f"the demo ended with status/signal {ended}; the screen was:\n{printed}"
         report = json.loads((directory / "demo-summary.json").read_text())
         assert report["summary"]["fenced_nodes"] == [node] and report["summary"]["healthy_fenced"] == []
     finally:

@@ -21,7 +21,7 @@ from pitstop.testbed.config import free_port_block
 pytestmark = pytest.mark.slurm
 
 RECIPE = "llama3-tiny-seq256-cpu-pretrain"
-MAX_STEPS = 100
+MAX_STEPS = 90
 # Tiny and slowed down (0.6 s a step) so the first segment ends mid-run.
 TINY = ["cluster.nodes=2", f"trainer.max_steps={MAX_STEPS}", "trainer.checkpoint.interval=10",
         "model.dim=64", "model.n_layers=2", "model.ffn_dim=172", "model.n_heads=4",
@@ -46,11 +46,11 @@ def test_a_run_carried_across_two_segments_resumes_with_the_uninterrupted_losses
     jobs_dir = testbed.layout.jobs_dir
     port = free_port_block(2)  # two runs at once on one host: two rendezvous ports
     now = time.time()
-    # The first segment's job gets a 1-minute limit (what is left of the 110 s at submission,
+    # The first segment's job gets a 1-minute limit (what is left of the 90 s at submission,
     # less the 20 s grace, in whole minutes); Slurm may send the limit's USR1 up to half a
-    # minute early, so it stops 20-50 s in, mid-run (100 steps take 60 s and more); the
-    # second segment, 10 s later, is long enough to finish the run.
-    segments = [{"start": now, "end": now + 110, "nodes": 2}, {"start": now + 120, "end": now + 420, "nodes": 2}]
+    # minute early, so it stops 20-50 s in, mid-run (90 steps take 60 s and more); the
+    # second segment, 5 s later, is long enough to finish the run.
+    segments = [{"start": now, "end": now + 90, "nodes": 2}, {"start": now + 95, "end": now + 395, "nodes": 2}]
     book(slurm, PlanStore(plans_cli.state_dir), "carry", {"segments": segments})
 
     run_dir = jobs_dir / "plan-carry"
