@@ -7,9 +7,10 @@ unresponsive), in allocation order, the first NODES of them for the step; the ot
 stay as spares. Nodes no longer usable are given back to Slurm (`scontrol update
 jobid=… NodeList=…`), so that a fenced node can be rebooted or replaced: only while the
 job runs no step at all (see `quiet`: Slurm 22.05 loses count of a step's cores when the
-job is resized under it), so here, between attempts. With warm servers (overlapping
-steps) running, a node is given back only when the next step needs the room: their
-restart would cost the warm start. It prints one line: the step's nodes, the rendezvous
+job is resized under it), so here, between attempts. With `--overlap` (warm start:
+the servers and the training step all overlap, none holds cores) only the servers on
+the nodes given back stop, and a used spare is replaced at every restart where a node
+is free (see `plan_resize`). It prints one line: the step's nodes, the rendezvous
 address (the first step node, at its NodeAddr when its name does not resolve here) and
 all the allocation's usable nodes, spares too (where a warm start's servers run):
 
@@ -90,7 +91,8 @@ QUIET_S = 15.0  # how long placement waits for the job's steps to be torn down
 TEARDOWN_S = 5.0  # how long after srun returned a killed step may still be torn down
 
 
-def quiet(slurm, job_id: str, running: int, ended_at: float | None, wait_s: float = 0.0) -> bool:
+def quiet(slurm, job_id: str, running: int, ended_at: float | None, wait_s: float = 0.0,
+          teardown_s: float = TEARDOWN_S) -> bool:
     """Whether the job may be resized now: its last step ended (`ended_at`, srun's return
     or its kill) at least TEARDOWN_S ago and Slurm lists at most `running` steps of it,
     warm servers included; waits up to `wait_s` for both. Seen on the testbed (Slurm
@@ -99,13 +101,14 @@ def quiet(slurm, job_id: str, running: int, ended_at: float | None, wait_s: floa
     step on those nodes is refused as busy; a step still being torn down (2-3 s after
     srun returns, while squeue no longer lists it) leaks its CPUs the same way ("unable to
     update job's core use information due to job resizing"). Growing under a running
-    training step is safe: Slurm rebuilds that step's core map."""
+    training step is safe: Slurm rebuilds that step's core map. Steps that overlap hold
+    no cores: `teardown_s` is shorter for them."""
     import time
 
     from pitstop.waiting import wait_until
 
     def settled() -> bool:
-        return ((ended_at is None or time.time() - ended_at >= TEARDOWN_S)
+        return ((ended_at is None or time.time() - ended_at >= teardown_s)
                 and len(slurm.steps(job_id)) <= running)
 
     try:
@@ -199,33 +202,88 @@ def stuck_steps(slurm, job: Job, by_name: dict[str, Node]) -> list[str]:
     return [step for step, on in slurm.steps(job.job_id).items() if unreachable & set(on)]
 
 
+@dataclass(frozen=True)
+class Resize:
+    """What a restart changes in the allocation: the nodes to give back and how many free
+    nodes to ask for (`grow`, of which `at_least` are needed for the step to fit)."""
+
+    give_back: list[str] = field(default_factory=list)
+    grow: int = 0
+    at_least: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.give_back or self.grow)
+
+
+def free_nodes(job: Job, nodes: dict[str, Node]) -> list[str]:
+    """Idle usable nodes outside the job: what a grow can get at once."""
+    return [name for name, node in nodes.items()
+            if name not in job.nodes and node.available and node.state == "IDLE"]
+
+
+def plan_resize(job: Job, nodes: dict[str, Node], chosen: StepNodes, need: int, total: int,
+                overlap: bool) -> Resize:
+    """Pure: the resize between two attempts. The unusable nodes go back (so that they can
+    be rebooted or replaced) and, when too few usable ones are left, free nodes are asked
+    for, back to `total` (spares too). With `overlap` (warm start: every step overlaps,
+    none counts against the allocation) a used spare is also replaced at every restart
+    where a node is free: the resize costs about a second there, and the next fault
+    finds a spare with its server ready."""
+    if not chosen.fits and not chosen.too_few:
+        return Resize()  # the batch host is gone: a requeue, nothing to resize
+    usable = len(job.nodes) - len(chosen.give_back)
+    short = max(need, total) - usable
+    if short > 0 and (chosen.too_few or (overlap and free_nodes(job, nodes))):
+        return Resize(give_back=list(chosen.give_back), grow=short, at_least=max(1, need - usable))
+    return Resize(give_back=list(chosen.give_back) if chosen.fits else [])
+
+
+OVERLAP_TEARDOWN_S = 1.0  # steps that overlap hold no cores: a second for Slurm to settle
+
+
 def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: int,
-            last_end: float | None, total: int = 0) -> tuple[StepNodes, dict[str, Node]]:
-    """Between attempts: give back the unusable nodes and, when too few usable ones are
-    left, grow by free ones, back to `total` (spares too) where enough are free; the new
-    choice. Only once the job runs no step (`quiet`): warm servers are stopped for it
-    when the step needs the room, else the give-back waits for a restart that does (a
-    restart on the spare stays warm; stopping the servers to give the node back and
-    grow the job costs a cold one, about 13 s more here). The caller made sure no step
-    is stuck on a node that does not respond (`stuck_steps`)."""
+            last_end: float | None, total: int = 0, overlap: bool = False
+            ) -> tuple[StepNodes, dict[str, Node]]:
+    """Between attempts: give back the unusable nodes, then grow by free ones (see
+    `plan_resize`); the new choice. The caller made sure no step is stuck on a node that
+    does not respond (`stuck_steps`).
+
+    Without `overlap` only once the job runs no step at all (`quiet`); warm servers are
+    then stopped only when the step needs the room (a restart on the spare stays warm;
+    the fenced node goes back at a restart that needs it). With `overlap` (every step,
+    servers and training alike, overlaps) only the servers on the nodes given back are
+    stopped, the others stay ready through the resize. Seen on the testbed (Slurm
+    22.05): overlapping steps survive a give-back followed by a grow, and new ones start
+    on every node after it; a grow first, then a give-back, left a grown node's steps
+    refused as busy."""
     import time
 
     from pitstop.rundir import WARM_STEP_NAME
     from pitstop.slurm import SlurmError
 
-    warm = list(slurm.steps(job.job_id, only_names=(WARM_STEP_NAME,)))
-    if warm and not chosen.too_few:
+    plan = plan_resize(job, by_name, chosen, need, total, overlap)
+    if not plan:
+        return chosen, by_name
+    warm = slurm.steps(job.job_id, only_names=(WARM_STEP_NAME,))
+    if overlap:
+        doomed = [step for step, on in warm.items() if set(on) & set(plan.give_back)]
+        teardown = OVERLAP_TEARDOWN_S
+    elif warm and not chosen.too_few:
         return chosen, by_name  # the spare takes over warm; the fenced node goes back later
-    if warm:  # the step needs the room (see above): the servers are stopped for the resize
-        slurm.kill_steps(job.job_id, warm)
+    else:
+        doomed, teardown = list(warm), TEARDOWN_S
+    if doomed:
+        slurm.kill_steps(job.job_id, doomed)
         last_end = time.time()
-    if not quiet(slurm, job.job_id, running=0, ended_at=last_end, wait_s=QUIET_S):
+    if not quiet(slurm, job.job_id, running=len(warm) - len(doomed), ended_at=last_end, wait_s=QUIET_S,
+                 teardown_s=teardown):
         print(f"pitstop: job {job.job_id} still tears down its last step; not resizing it", file=sys.stderr)
         return chosen, by_name
-    if chosen.too_few:  # ask for free nodes, pick again (the unusable are given back below)
+    if overlap and plan.give_back:  # first: a grow before the give-back leaves steps refused
+        give_back(slurm, job, plan.give_back)
+    if plan.grow:
         try:
-            usable = len(job.nodes) - len(chosen.give_back)
-            added = _grow(slurm, job, max(need, total) - usable, at_least=need - usable)
+            added = _grow(slurm, job, plan.grow, at_least=plan.at_least)
         except SlurmError as exc:
             print(f"pitstop: job {job.job_id} cannot grow: {exc}", file=sys.stderr)
             added = []
@@ -233,7 +291,7 @@ def _resize(slurm, job: Job, by_name: dict[str, Node], chosen: StepNodes, need: 
             job = slurm.job(job.job_id) or job
             by_name = {n.name: n for n in slurm.nodes()}
             chosen = pick(job, by_name, need)
-    if chosen.fits and chosen.give_back:
+    if not overlap and chosen.fits and chosen.give_back:
         give_back(slurm, job, chosen.give_back)
     return chosen, by_name
 
@@ -245,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("nodes", type=int, help="how many nodes the step needs")
     parser.add_argument("--total", type=int, metavar="TOTAL",
                         help="when the job must grow for the step, grow it back to TOTAL nodes where that many are free")
+    parser.add_argument("--overlap", action="store_true",
+                        help="every step of the job overlaps (warm start): resize around the running servers")
     parser.add_argument("--keep", type=int, metavar="TOTAL",
                         help="grow the allocation back to TOTAL nodes and print the usable ones")
     args = parser.parse_args(argv)
@@ -269,10 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             chosen = StepNodes(unusable_reason=(
                 f"step {', '.join(stuck)} runs on a node that does not respond, and Slurm cannot "
                 "take its cores back in this allocation"))
-        elif chosen.too_few or chosen.give_back:
+        else:
             chosen, by_name = _resize(slurm, job, by_name, chosen, args.nodes,
                                       RunningAttempt.read(os.environ.get("PITSTOP_RUN_DIR")).last_end,
-                                      total=args.total or args.nodes)
+                                      total=args.total or args.nodes, overlap=args.overlap)
     except SlurmError as exc:
         print(f"pitstop: {exc}", file=sys.stderr)
         return 1

@@ -179,6 +179,8 @@ class SbatchScript:
                         f"--ntasks-per-node={self.procs_per_node}", '--nodelist="$step_nodes"']
             if self.cpus_per_task is not None:
                 launcher.append(f"--cpus-per-task={max(1, self.cpus_per_task // self.procs_per_node)}")
+            if self.warm_start:  # overlaps, as the servers do: see pitstop.recipes.allocation._resize
+                launcher.append("--overlap")
             launcher.append(shlex.quote(str(self.python_path())))
             if self.warm_start:  # the rank is forked by the node's warm server (cold without one)
                 return [launcher, ["-m", WARM_MODULE, "run", self.module, '"$PITSTOP_RUN_DIR"']]
@@ -305,9 +307,14 @@ requeue_job() {  # why, the status to end with
         if [[ "$caught_signal" == USR1 ]]; then
             echo "pitstop: the step ended (status $step_status) after SIGUSR1; cluster.requeue is false, so the job is not requeued" >&2
         fi"""
-        keeper = (self._warm_servers() if self.warm_start else "") + (self._keeper() if self.spare_nodes else "")
+        # With warm start the restarts replace used spares (the keeper cannot grow the job
+        # beside the servers): no keeper.
+        keeper = (self._warm_servers() if self.warm_start
+                  else self._keeper() if self.spare_nodes else "")
         # A resize between attempts grows back to the spares too, where nodes are free.
         total = f" --total {self.nodes + self.spare_nodes}" if self.spare_nodes else ""
+        if self.warm_start:  # every step overlaps: resize around the servers that stay
+            total += " --overlap"
         warm_start = "" if not self.warm_start else """\
     start_warm_servers "$usable_nodes" "$step_nodes"  # where none runs; the ranks wait for them
 """

@@ -4,7 +4,7 @@ fenced ones given back; too few, or a fenced batch host, means a requeue."""
 from __future__ import annotations
 
 from pitstop.model import Job, Node
-from pitstop.recipes.allocation import RunningAttempt, pick, rendezvous_address
+from pitstop.recipes.allocation import RunningAttempt, pick, plan_resize, rendezvous_address
 
 
 def _nodes(**states: str) -> dict[str, Node]:
@@ -81,3 +81,30 @@ def test_between_attempts_nothing_runs_and_the_last_end_is_known(tmp_path):
     between = RunningAttempt.read(str(tmp_path))
     assert not between.trains and between.last_end == 150.5
     assert RunningAttempt.read(None) == RunningAttempt()
+
+
+def test_a_restart_gives_back_the_fenced_node_and_grows_only_when_too_few_without_overlap():
+    nodes = _nodes(n1="mixed", n2="mixed+drain", n3="allocated", n4="idle")
+    chosen = pick(JOB, nodes, 2)
+    plan = plan_resize(JOB, nodes, chosen, need=2, total=3, overlap=False)
+    assert plan.give_back == ["n2"] and plan.grow == 0  # the spare takes over; no grow
+    short = pick(JOB, _nodes(n1="mixed", n2="mixed+drain", n3="down", n4="mixed"), 2)
+    plan = plan_resize(JOB, _nodes(n1="mixed", n2="mixed+drain", n3="down", n4="mixed"), short, 2, 3, False)
+    # too few: ask even where no node shows idle (a shared node may have room)
+    assert plan.give_back == ["n2", "n3"] and (plan.grow, plan.at_least) == (2, 1)
+
+
+def test_with_overlap_a_used_spare_is_replaced_at_the_restart_where_a_node_is_free():
+    nodes = _nodes(n1="mixed", n2="mixed+drain", n3="allocated", n4="idle")
+    plan = plan_resize(JOB, nodes, pick(JOB, nodes, 2), need=2, total=3, overlap=True)
+    assert plan.give_back == ["n2"] and (plan.grow, plan.at_least) == (1, 1)
+    busy = _nodes(n1="mixed", n2="mixed+drain", n3="allocated", n4="allocated")
+    plan = plan_resize(JOB, busy, pick(JOB, busy, 2), need=2, total=3, overlap=True)
+    assert plan.give_back == ["n2"] and plan.grow == 0  # none free: the fenced node still goes back
+    healthy = _nodes(n1="mixed", n2="mixed", n3="allocated", n4="idle")
+    assert not plan_resize(JOB, healthy, pick(JOB, healthy, 2), need=2, total=3, overlap=True)
+
+
+def test_a_requeue_for_a_lost_batch_host_resizes_nothing():
+    nodes = _nodes(n1="mixed+drain", n2="mixed", n3="allocated", n4="idle")
+    assert not plan_resize(JOB, nodes, pick(JOB, nodes, 2), need=2, total=3, overlap=True)

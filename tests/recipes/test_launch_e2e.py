@@ -112,14 +112,16 @@ def _forked(servers_log: Path, attempt: int) -> list[str]:
                              servers_log.read_text()))
 
 
-def test_warm_restarts_on_the_spare_then_after_a_resize_on_servers_started_afresh(testbed, slurm, baseline):
+def test_warm_restarts_give_back_the_fenced_node_and_replace_the_spare_around_running_servers(
+        testbed, slurm, baseline):
     """`cluster.warm_start` with a spare. The first attempt's ranks wait for the servers
     the batch script started just before them. A node is fenced the way the agent fences
     (drain, end the training step): the step starts again on the spare, forked by the
-    servers already there, and the fenced node waits in the job (giving it back would
-    stop them). A second node is fenced: too few are left, so the servers are stopped,
-    both fenced nodes go back, the job grows onto the free node, and the ranks wait for
-    servers started afresh. Never cold, no requeue; the losses are the uninterrupted run's."""
+    server already there, while the fenced node goes back at once (only its server
+    stops) and the job grows onto the free node, a new spare whose server imports once
+    the step trains. A second node is fenced: the step starts again on that new spare,
+    warm too. Never cold, no server started twice, no requeue; the losses are the
+    uninterrupted run's."""
     from pitstop.rundir import WARM_STEP_NAME
 
     job_id, run_dir = launch(testbed, "cluster.launcher=srun", "cluster.warm_start=true",
@@ -141,7 +143,8 @@ def test_warm_restarts_on_the_spare_then_after_a_resize_on_servers_started_afres
         wait_step(run_dir, 12)
         assert _forked(servers, 0) == ["0", "1", "2", "3"], servers.read_text()
         fence(1)
-        assert fenced[0] in slurm.job(job_id).nodes  # kept while the servers run
+        job = slurm.job(job_id)
+        assert fenced[0] not in job.nodes and len(job.nodes) == 3, job  # given back, and a new spare
         wait_step(run_dir, 22)
         fence(2)
         job = wait_finished(slurm, job_id)
@@ -152,11 +155,11 @@ def test_warm_restarts_on_the_spare_then_after_a_resize_on_servers_started_afres
     assert job.state == "COMPLETED" and job.restart_count == 0, out[-3000:]
     starts = [r for r in read_attempts(run_dir) if r["event"] == "start"]
     assert [r["attempt"] for r in starts] == [0, 1, 2]
-    assert not set(fenced) & set(starts[2]["nodes"].split(",")) and fenced[0] not in starts[1]["nodes"]
-    assert f"gave back {', '.join(sorted(fenced))}" in out and "grew by" in out
+    assert fenced[0] not in starts[1]["nodes"] and not set(fenced) & set(starts[2]["nodes"].split(","))
+    assert f"gave back {fenced[0]} " in out and f"gave back {fenced[1]} " in out and "grew by" in out
     assert "starting the rank cold" not in out
-    # Three servers at the start (two nodes and the spare), two after the resize (one node was free).
-    assert servers.read_text().count(" ready on ") == 5, servers.read_text()
+    # Three servers at the start (two nodes and the spare), one on the node the job grew onto.
+    assert servers.read_text().count(" ready on ") == 4, servers.read_text()
     first = assert_same_losses_after_resume(run_dir, losses(baseline))
     assert first == 11  # the newest complete checkpoint before the first fence was step 10
 

@@ -316,8 +316,11 @@ def test_a_warm_start_keeps_a_server_on_every_usable_node(tmp_path):
     steps = (log / "srun.args").read_text().splitlines()
     assert len(steps) == 2
     assert all(line.endswith(f"-m pitstop.recipes.warm run pitstop.recipes.train {run_dir}") for line in steps)
+    assert all(" --overlap " in line for line in steps)  # the step overlaps the servers, as they overlap it
+    # Placement resizes around the servers that stay (only the given-back nodes' stop).
+    assert all(line.endswith(" --overlap") for line in (log / "python.calls").read_text().splitlines())
     assert (log / "step.warm_wait").read_text().split() == [str(WARM_WAIT_S)] * 2
-    assert not (log / "keeper.calls").exists()  # no spares: nothing to keep
+    assert not (log / "keeper.calls").exists()  # the restarts replace used spares: no keeper
 
 
 def test_a_warm_start_needs_the_srun_launcher():
