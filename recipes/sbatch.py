@@ -312,9 +312,9 @@ requeue_job() {  # why, the status to end with
         keeper = (self._warm_servers() if self.warm_start
                   else self._keeper() if self.spare_nodes else "")
         # A resize between attempts grows back to the spares too, where nodes are free.
-        total = f" --total {self.nodes + self.spare_nodes}" if self.spare_nodes else ""
+        placement_args = f" --total {self.nodes + self.spare_nodes}" if self.spare_nodes else ""
         if self.warm_start:  # every step overlaps: resize around the servers that stay
-            total += " --overlap"
+            placement_args += " --overlap"
         warm_start = "" if not self.warm_start else """\
     start_warm_servers "$usable_nodes" "$step_nodes"  # where none runs; the ranks wait for them
 """
@@ -370,7 +370,7 @@ while :; do
     fi
     # The allocation's healthy nodes (fenced ones are given back); status 4: too few.
     for try in 1 2 3; do
-        placement="$("$python" -m pitstop.recipes.allocation "$SLURM_JOB_ID" "$train_nodes"{total})"
+        placement="$("$python" -m pitstop.recipes.allocation "$SLURM_JOB_ID" "$train_nodes"{placement_args})"
         placement_status=$?
         (( placement_status == 1 )) || break
         sleep 2
