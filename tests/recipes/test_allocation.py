@@ -29,6 +29,14 @@ def test_a_drained_node_is_replaced_by_the_spare_and_given_back():
     assert chosen.step == ["n1", "n3"] and chosen.give_back == ["n2"] and chosen.spares == []
 
 
+def test_after_a_grow_the_step_takes_the_nodes_whose_servers_are_ready_before_the_grown_one():
+    grown = Job(job_id="7", nodes=["n1", "n2", "n4"], batch_host="n1")  # n3 given back, n2 grown
+    nodes = _nodes(n1="mixed", n2="mixed", n3="mixed+drain", n4="mixed")
+    chosen = pick(grown, nodes, 2, first=["n1", "n3", "n4"])
+    assert chosen.step == ["n1", "n4"] and chosen.spares == ["n2"]
+    assert pick(grown, nodes, 2).step == ["n1", "n2"]  # without a preference: allocation order
+
+
 def test_down_failed_rebooting_and_unresponsive_nodes_are_not_used():
     for label in ("down", "mixed+fail", "mixed+reboot_issued", "mixed+not_responding", "mixed+draining"):
         chosen = pick(JOB, _nodes(n1="mixed", n2=label, n3="allocated"), 2)
