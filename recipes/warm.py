@@ -110,6 +110,38 @@ def preload(modules: Sequence[str] = PRELOAD) -> None:
     torch.optim.AdamW([param], lr=0.0).step()  # imports torch._dynamo; one element: no thread pool
 
 
+# A spare's server imports at this niceness, in a thread of its own (Linux gives each
+# thread its own): where nodes share a host it yields the CPU to the step's ranks, while
+# the server's thread, which forks the ranks, keeps its priority. On a node of its own
+# nothing competes, and nothing changes.
+DEFERRED_NICENESS = 10
+
+
+def run_yielding(work, niceness: int = DEFERRED_NICENESS) -> None:
+    """`work()` in a thread at `niceness` (at least the caller's), waited for; its
+    exception, if any, raised here. The caller's own priority is untouched."""
+    import threading
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           max(niceness, os.getpriority(os.PRIO_PROCESS, 0)))
+        except OSError:
+            pass  # not Linux, or not allowed: the work runs at the caller's priority
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller)
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="pitstop-warm-import")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+
+
 # ---------------------------------------------------------------------------------------
 # The server
 
@@ -377,6 +409,7 @@ def training_ranks(run_dir: Path, job_id: str) -> list[int]:
 # A deferred server (a spare node's) imports once the step trains, once a rank asks for
 # it, or after this long at the most.
 DEFER_MAX_S = 60.0
+ASKED = "a rank asked for it"
 
 
 def defer(path: Path, run_dir: Path | None, since: float, limit_s: float = DEFER_MAX_S) -> str:
@@ -389,7 +422,7 @@ def defer(path: Path, run_dir: Path | None, since: float, limit_s: float = DEFER
 
     def woken() -> str:
         if wanted_marker(path).exists():
-            return "a rank asked for it"
+            return ASKED
         try:
             return "the step trains" if heartbeat is not None and heartbeat.stat().st_mtime >= since else ""
         except OSError:
@@ -408,11 +441,15 @@ def serve(path: Path, deferred: bool = False) -> int:
     private_dir(path)
     write_atomic(marker, str(os.getpid()))
     try:
+        why = ""
         if deferred:
             run_dir = os.environ.get("PITSTOP_RUN_DIR")
             why = defer(path, Path(run_dir) if run_dir else None, since)
             server.say(f"pitstop.recipes.warm: importing on {path} after {time.monotonic() - started:.2f} s ({why})")
-        preload()
+        if deferred and why != ASKED:
+            run_yielding(preload)  # the step trains: yield to it (a rank that asked cannot wait)
+        else:
+            preload()
         server.listen()
     finally:
         marker.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from pitstop.daemon.returncheck import (FAILED, PASSED, REFUSED, TIMED_OUT, CheckResult, ReturnCheck,
+from pitstop.daemon.returncheck import (CHECK_NICENESS, FAILED, PASSED, REFUSED, TIMED_OUT, CheckResult, ReturnCheck,
                                         check_command, interpret, last_line)
 from pitstop.waiting import wait_until
 
@@ -31,6 +31,21 @@ def test_exit_status_and_output_tail_come_back(tmp_path):
     assert result.returncode == FAILED and not check.running
     assert last_line(result.tail) == "node7: failed: pitstop: Action:Replace x"
     assert "gpu_count: ok" in (tmp_path / "check.log").read_text()
+
+
+def test_the_check_and_the_workers_it_starts_yield_the_cpu(tmp_path):
+    """Niced, so that where nodes share a host the check does not slow a job's ranks."""
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+            " print('started', flush=True); time.sleep(600)")
+    check = _check(tmp_path, code)
+    check.start()
+    try:
+        wait_until(lambda: "started" in (tmp_path / "check.log").read_text(), 30, what="the check to start its child")
+        process = psutil.Process(check.pid)
+        assert process.nice() >= CHECK_NICENESS > psutil.Process().nice()
+        assert [child.nice() for child in process.children()] == [process.nice()]
+    finally:
+        check.kill()
 
 
 def test_a_hung_check_is_killed_with_its_children_at_the_deadline(tmp_path):

@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pitstop.recipes.warm import RANK_NAME, WarmError, private_dir, socket_path, starting_marker
+from pitstop.recipes.warm import (DEFERRED_NICENESS, RANK_NAME, WarmError, private_dir, run_yielding, socket_path,
+                                  starting_marker)
 from pitstop.waiting import wait_until
 
 PROBE = textwrap.dedent('''
@@ -26,6 +27,7 @@ PROBE = textwrap.dedent('''
     out = Path(sys.argv[1])
     signal.signal(signal.SIGUSR1, lambda *_: (out.with_suffix(".usr1").write_text("x"), sys.exit(7)))
     line = sys.stdin.readline().strip()
+    out.with_suffix(".nice").write_text(str(os.nice(0)))
     out.write_text(f"{os.getpid()} {os.getppid()} {os.getcwd()} {os.environ.get('PROBE_VALUE')} {line}")
     print("to stdout", flush=True)
     print("to stderr", file=sys.stderr, flush=True)
@@ -180,7 +182,9 @@ def test_a_client_does_not_wait_for_a_server_that_died_starting(warm, tmp_path):
 @pytest.mark.parametrize("trigger", ["the step trains", "a rank asked for it"])
 def test_a_deferred_server_imports_once_the_step_trains_or_a_rank_asks(warm, tmp_path, trigger):
     """A spare's server (`serve --defer`) waits to import torch until the run's heartbeat
-    is newer than the server (its step trains), or until a rank that needs it asks."""
+    is newer than the server (its step trains), or until a rank that needs it asks. The
+    ranks it forks run at the server's priority (its imports beside a training step ran
+    niced, in a thread of their own)."""
     base, env, _ = warm
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -195,14 +199,22 @@ def test_a_deferred_server_imports_once_the_step_trains_or_a_rank_asks(warm, tmp
             (run_dir / "heartbeat.json").write_text('{"step": 1}')
             wait_until(lambda: socket_path(env).exists() or server.poll() is not None, 120, interval=0.1,
                        what="the server to import and listen")
-        else:
-            out = tmp_path / "probe.txt"
-            client = _client(env, tmp_path, str(out), "0")
-            stdout, stderr = client.communicate("asked\n", timeout=120)
-            assert client.returncode == 0, stderr
-            assert int(out.read_text().split()[1]) == server.pid  # forked by the server it woke
+        out = tmp_path / "probe.txt"
+        client = _client(env, tmp_path, str(out), "0")  # where it still defers, this asks
+        stdout, stderr = client.communicate("asked\n", timeout=120)
+        assert client.returncode == 0, stderr
+        assert int(out.read_text().split()[1]) == server.pid  # forked by the server
+        assert int(out.with_suffix(".nice").read_text()) == os.nice(0)
         assert server.poll() is None
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert f"({trigger})" in server.stderr.read()
+
+
+def test_work_run_yielding_runs_niced_in_its_own_thread_and_raises_its_error():
+    seen = []
+    run_yielding(lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
+    assert seen == [max(DEFERRED_NICENESS, os.nice(0))] and os.nice(0) < DEFERRED_NICENESS
+    with pytest.raises(ImportError, match="no such module"):
+        run_yielding(lambda: (_ for _ in ()).throw(ImportError("no such module")))
