@@ -24,7 +24,8 @@ or one that died) runs the module itself, cold.
 The socket lives in a directory only its user can enter (`$TMPDIR/pitstop-warm-UID`,
 mode 0700), named by job and node, and the server checks that a caller is its own user.
 The server only imports: it runs no parallel torch op before it forks (OpenMP's thread
-pool does not survive a fork).
+pool does not survive a fork). A forked rank takes the client's CPUs (Slurm binds the
+task, which is the client) and the thread count a cold rank would get (`take_cpus`).
 """
 
 from __future__ import annotations
@@ -142,6 +143,37 @@ def run_yielding(work, niceness: int = DEFERRED_NICENESS) -> None:
         raise failed[0]
 
 
+def intra_op_threads(env: dict, cpus: int) -> int:
+    """Pure: the intra-op threads torch gives a fresh process: OMP_NUM_THREADS, else
+    MKL_NUM_THREADS, else one per CPU it may run on."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        try:
+            threads = int(env.get(name) or 0)
+        except ValueError:
+            continue
+        if threads > 0:
+            return threads
+    return max(1, cpus)
+
+
+def take_cpus(cpus: Sequence[int], env: dict) -> None:
+    """In a forked rank: the CPUs and threads a cold rank would have. A fork keeps the
+    server's (its step's CPU binding, and the thread count torch fixed when the server
+    imported it), whereas Slurm binds the task, i.e. the client, and the job's
+    OMP_NUM_THREADS is in the client's environment: unmatched, two ranks a node ran two
+    threads each on the testbed's shared cores despite OMP_NUM_THREADS=1, and with
+    task/affinity every rank of a node would share the server's one CPU."""
+    import torch
+
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            pass  # CPUs the server may not use: keep its own
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(intra_op_threads(env, available))
+
+
 # ---------------------------------------------------------------------------------------
 # The server
 
@@ -246,6 +278,7 @@ class Server:
         try:
             request = json.loads(caller.buffer[:caller.buffer.index(b"\n")])
             module, argv, env, cwd = request["module"], request["argv"], request["env"], request["cwd"]
+            cpus = [int(cpu) for cpu in request.get("cpus") or []]
             if len(caller.fds) != 3:
                 raise ValueError(f"expected 3 file descriptors, got {len(caller.fds)}")
         except (ValueError, KeyError, TypeError) as exc:
@@ -256,7 +289,7 @@ class Server:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            self._become_rank(caller, module, argv, env, cwd)
+            self._become_rank(caller, module, argv, env, cwd, cpus)
         caller.pid = pid
         for fd in caller.fds:
             os.close(fd)
@@ -266,7 +299,8 @@ class Server:
                  f"(attempt {env.get('PITSTOP_ATTEMPT', '?')}, step {env.get('SLURM_STEP_ID', '?')}, "
                  f"task {env.get('SLURM_PROCID', '?')})")
 
-    def _become_rank(self, caller: _Caller, module: str, argv: list[str], env: dict, cwd: str) -> NoReturn:
+    def _become_rank(self, caller: _Caller, module: str, argv: list[str], env: dict, cwd: str,
+                     cpus: list[int]) -> NoReturn:
         code = 1
         try:
             os.setsid()
@@ -287,6 +321,7 @@ class Server:
             os.chdir(cwd)
             os.environ.clear()
             os.environ.update(env)
+            take_cpus(cpus, env)
             code = run_module(module, argv)
         except BaseException:  # noqa: BLE001 - the child must never return into the server
             import traceback
@@ -539,7 +574,8 @@ def run(module: str, argv: list[str], path: Path | None = None, wait_s: float | 
             print(f"pitstop.recipes.warm: no server at {path} after {time.monotonic() - waiting_since:.1f} s; "
                   "starting the rank cold", file=sys.stderr)
         _cold(module, argv)
-    request = {"module": module, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    request = {"module": module, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "cpus": cpus}
     try:
         conn.sendmsg([json.dumps(request).encode() + b"\n"],
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])

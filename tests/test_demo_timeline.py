@@ -103,3 +103,14 @@ def test_a_healthy_node_fenced_is_named():
     fault = FaultInjected(kind="xid48", node="node3", at=1.0)
     summary = summarize([], [fault], [Attempt(number=0, started_at=0.0)], 0.0, 10.0, ["node3", "node1"])
     assert summary.healthy_fenced == ["node1"] and summary.detected == 0
+
+
+def test_the_demo_gives_each_rank_its_share_of_the_hosts_cores(monkeypatch):
+    from pitstop.demo import runner
+
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    assert runner.threads_per_rank(procs_per_node=1) == 1  # two nodes, one rank each, two cores
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 16)
+    assert runner.threads_per_rank(procs_per_node=2) == 4
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: None)
+    assert runner.threads_per_rank(procs_per_node=2) == 1

@@ -56,6 +56,14 @@ def default_procs_per_node(job_nodes: int = 2) -> int:
     return max(1, min(2, (os.cpu_count() or 1) // job_nodes))
 
 
+def threads_per_rank(procs_per_node: int, job_nodes: int = 2) -> int:
+    """Intra-op threads a rank (OMP_NUM_THREADS) so the job's threads fit this machine's
+    cores: each testbed node claims every core of the host, and torch would run as many
+    threads in every rank (two ranks of two threads spun on two cores: steps and
+    checkpoint loads ran 2-3x slower)."""
+    return max(1, (os.cpu_count() or 1) // max(1, job_nodes * procs_per_node))
+
+
 @dataclass
 class DemoOptions:
     directory: Path = Path("/tmp/pitstop-demo")
@@ -154,8 +162,12 @@ class Demo:
                 f"cluster.procs_per_node={self.options.procs_per_node}", f"trainer.max_steps={self.options.steps}",
                 f"run.root={layout.jobs_dir / 'runs'}",
                 f"cluster.rdzv_port={free_port_block(1)}", *self.options.overrides, "--json"]
+        # The job's environment (sbatch passes it on to the ranks): a thread count of the
+        # caller's own stands.
+        threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")
+                   or str(threads_per_rank(self.options.procs_per_node))}
         proc = subprocess.run(args, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, **layout.env()}, cwd=layout.jobs_dir)
+                              env={**os.environ, **layout.env(), **threads}, cwd=layout.jobs_dir)
         if proc.returncode != 0:
             raise DemoError(f"launching {RECIPE} failed:\n{proc.stderr.strip()}")
         result = json.loads(proc.stdout)

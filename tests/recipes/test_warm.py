@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pitstop.recipes.warm import (DEFERRED_NICENESS, RANK_NAME, WarmError, private_dir, run_yielding, socket_path,
-                                  starting_marker)
+from pitstop.recipes.warm import (DEFERRED_NICENESS, RANK_NAME, WarmError, intra_op_threads, private_dir, run_yielding,
+                                  socket_path, starting_marker)
 from pitstop.waiting import wait_until
 
 PROBE = textwrap.dedent('''
@@ -28,6 +28,9 @@ PROBE = textwrap.dedent('''
     signal.signal(signal.SIGUSR1, lambda *_: (out.with_suffix(".usr1").write_text("x"), sys.exit(7)))
     line = sys.stdin.readline().strip()
     out.with_suffix(".nice").write_text(str(os.nice(0)))
+    if "torch" in sys.modules:  # forked by a server: what it runs on
+        import torch
+        out.with_suffix(".cpus").write_text(f"{sorted(os.sched_getaffinity(0))} {torch.get_num_threads()}")
     out.write_text(f"{os.getpid()} {os.getppid()} {os.getcwd()} {os.environ.get('PROBE_VALUE')} {line}")
     print("to stdout", flush=True)
     print("to stderr", file=sys.stderr, flush=True)
@@ -74,6 +77,31 @@ def test_the_server_forks_a_rank_that_gets_the_clients_streams_env_cwd_and_statu
     pid, parent, cwd, value, line = out.read_text().split()
     assert int(parent) == server.pid  # forked, not a fresh interpreter
     assert int(pid) != client.pid and cwd == str(tmp_path) and value == "mine" and line == "hello"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to bind a client to one")
+def test_a_rank_runs_on_its_clients_cpus_with_the_threads_a_cold_rank_would_have(warm, tmp_path):
+    """Slurm binds the task (the client) and the job sets OMP_NUM_THREADS in its
+    environment; the forked rank must not keep the server's CPUs and thread count."""
+    _, env, _ = warm
+    everywhere = sorted(os.sched_getaffinity(0))
+    cases = [(["taskset", "-c", str(everywhere[0])], {}, f"[{everywhere[0]}] 1"),
+             ([], {"OMP_NUM_THREADS": "1"}, f"{everywhere} 1"),
+             ([], {}, f"{everywhere} {len(everywhere)}")]
+    for index, (bind, extra, expected) in enumerate(cases):
+        out = tmp_path / f"probe{index}.txt"
+        client = subprocess.Popen([*bind, sys.executable, "-m", "pitstop.recipes.warm", "run", "probe_rank",
+                                   str(out), "0"], env={**env, **extra}, cwd=tmp_path, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, stderr = client.communicate("x\n", timeout=60)
+        assert client.returncode == 0, stderr
+        assert out.with_suffix(".cpus").read_text() == expected, (bind, extra)
+
+
+def test_intra_op_threads_are_omp_then_mkl_then_one_per_cpu():
+    assert intra_op_threads({"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "5"}, 8) == 3
+    assert intra_op_threads({"OMP_NUM_THREADS": "x", "MKL_NUM_THREADS": "5"}, 8) == 5
+    assert intra_op_threads({"OMP_NUM_THREADS": "0"}, 8) == 8 and intra_op_threads({}, 0) == 1
 
 
 def test_a_signal_to_the_client_reaches_the_rank(warm, tmp_path):
