@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pitstop import priority
+
 # `pitstop check full --resume` exit statuses (pitstop/hooks/cli.py).
 PASSED, FAILED, REFUSED = 0, 1, 3
 TIMED_OUT = -1
@@ -81,11 +83,8 @@ class ReturnCheck:
             # Its own session: a kill reaches the check's torch workers too.
             self._proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True)
-        try:  # before it starts its workers (it is still importing): they inherit it
-            os.setpriority(os.PRIO_PROCESS, self._proc.pid,
-                           max(CHECK_NICENESS, os.getpriority(os.PRIO_PROCESS, 0)))
-        except OSError:
-            pass  # gone already: poll reports how it ended
+        # Before it starts its workers (it is still importing): they inherit it.
+        priority.lower(self._proc.pid, CHECK_NICENESS)
         self._started = time.monotonic() if now is None else now
 
     def poll(self, now: float | None = None) -> CheckResult | None:

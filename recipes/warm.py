@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from pitstop import priority
 from pitstop.fsutil import write_atomic
 
 # What a rank of the training runtime imports before its first step, and what its
@@ -126,11 +127,7 @@ def run_yielding(work, niceness: int = DEFERRED_NICENESS) -> None:
     failed: list[BaseException] = []
 
     def run() -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                           max(niceness, os.getpriority(os.PRIO_PROCESS, 0)))
-        except OSError:
-            pass  # not Linux, or not allowed: the work runs at the caller's priority
+        priority.lower(threading.get_native_id(), niceness)
         try:
             work()
         except BaseException as exc:  # noqa: BLE001 (re-raised in the caller)
@@ -165,13 +162,12 @@ def take_cpus(cpus: Sequence[int], env: dict) -> None:
     task/affinity every rank of a node would share the server's one CPU."""
     import torch
 
-    if cpus and hasattr(os, "sched_setaffinity"):
+    if cpus:
         try:
             os.sched_setaffinity(0, cpus)
         except OSError:
             pass  # CPUs the server may not use: keep its own
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(intra_op_threads(env, available))
+    torch.set_num_threads(intra_op_threads(env, len(os.sched_getaffinity(0))))
 
 
 # ---------------------------------------------------------------------------------------
@@ -574,8 +570,8 @@ def run(module: str, argv: list[str], path: Path | None = None, wait_s: float | 
             print(f"pitstop.recipes.warm: no server at {path} after {time.monotonic() - waiting_since:.1f} s; "
                   "starting the rank cold", file=sys.stderr)
         _cold(module, argv)
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    request = {"module": module, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "cpus": cpus}
+    request = {"module": module, "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(),
+               "cpus": sorted(os.sched_getaffinity(0))}
     try:
         conn.sendmsg([json.dumps(request).encode() + b"\n"],
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])

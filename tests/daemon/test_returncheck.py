@@ -12,6 +12,11 @@ from pitstop.daemon.returncheck import (CHECK_NICENESS, FAILED, PASSED, REFUSED,
 from pitstop.waiting import wait_until
 
 
+# A check that starts a child, says so, and never ends.
+HUNG_WITH_A_CHILD = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+                     " print('started', flush=True); time.sleep(600)")
+
+
 def _check(tmp_path, code: str, timeout: float = 30.0) -> ReturnCheck:
     return ReturnCheck([sys.executable, "-c", code], tmp_path / "check.log", timeout)
 
@@ -35,8 +40,7 @@ def test_exit_status_and_output_tail_come_back(tmp_path):
 
 def test_the_check_and_the_workers_it_starts_yield_the_cpu(tmp_path):
     """Niced, so that where nodes share a host the check does not slow a job's ranks."""
-    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
-            " print('started', flush=True); time.sleep(600)")
+    code = HUNG_WITH_A_CHILD
     check = _check(tmp_path, code)
     check.start()
     try:
@@ -49,8 +53,7 @@ def test_the_check_and_the_workers_it_starts_yield_the_cpu(tmp_path):
 
 
 def test_a_hung_check_is_killed_with_its_children_at_the_deadline(tmp_path):
-    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
-            " print('started', flush=True); time.sleep(600)")
+    code = HUNG_WITH_A_CHILD
     check = _check(tmp_path, code, timeout=1.0)
     check.start()
     pid = check.pid
