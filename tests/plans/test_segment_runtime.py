@@ -22,7 +22,7 @@ def test_the_run_checkpoints_and_exits_0_at_the_grace_point(tmp_path):
     render_run("llama3-tiny-seq256-cpu-pretrain", TINY, run_dir, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PITSTOP_TEST"))}
     started = time.time()
-    end, grace = started + 45, 10  # start-up takes 5-25 s here: 10-30 s of steps
+    end, grace = started + 30, 10  # start-up takes 4-8 s here: 12-16 s of steps
     env.update({"PITSTOP_SEGMENT_END": f"{end:.0f}", "PITSTOP_SEGMENT_GRACE": str(grace),
                 "OMP_NUM_THREADS": "1"})
     proc = subprocess.run([sys.executable, "-m", "pitstop.recipes.train", str(run_dir)], env=env,

@@ -165,31 +165,33 @@ def test_warm_restarts_give_back_the_fenced_node_and_replace_the_spare_around_ru
 
 
 def test_a_fenced_node_is_replaced_by_the_spare_and_the_spare_grows_back(testbed, slurm, baseline):
-    """Two nodes fenced in turn, the way the agent fences (drain, end the training step):
-    each time the step starts again in the allocation on the spare, and in between the
-    batch script's keeper grows the job back onto the free node, so the second fence
-    finds a spare too. No requeue; the losses are the uninterrupted run's."""
+    """A node fenced the way the agent fences (drain, end the training step): the step
+    starts again in the allocation on the spare, the fenced node is given back, and the
+    batch script's keeper grows the job back onto the free node, so a next fence would
+    find a spare too (the warm-start test fences twice). No requeue; the losses are the
+    uninterrupted run's."""
     job_id, run_dir = launch(testbed, "cluster.spare_nodes=1", "trainer.step_delay=0.3")
-    fenced: list[str] = []
+    victim = None
     try:
-        for round_, step in enumerate((5, 12)):
-            wait_step(run_dir, step)
-            job = slurm.wait_for(lambda s: (j := s.job(job_id)) and len(j.nodes) == 3 and j, 60,
-                                 interval=0.3, what="the job to hold its two nodes and a spare")
-            running = next(r for r in reversed(read_attempts(run_dir)) if r["event"] == "start")
-            victim = next(n for n in running["nodes"].split(",") if n != job.batch_host)
-            slurm.drain(victim, "pitstop: test fence")
-            fenced.append(victim)
-            slurm.kill_steps(job_id, list(slurm.steps(job_id)))
-            wait_until(lambda: len([r for r in read_attempts(run_dir) if r["event"] == "start"]) == round_ + 2,
-                       60, interval=0.2, what=f"restart {round_ + 1} in the allocation")
+        wait_step(run_dir, 5)
+        job = slurm.wait_for(lambda s: (j := s.job(job_id)) and len(j.nodes) == 3 and j, 60,
+                             interval=0.3, what="the job to hold its two nodes and a spare")
+        running = next(r for r in reversed(read_attempts(run_dir)) if r["event"] == "start")
+        victim = next(n for n in running["nodes"].split(",") if n != job.batch_host)
+        slurm.drain(victim, "pitstop: test fence")
+        slurm.kill_steps(job_id, list(slurm.steps(job_id)))
+        wait_until(lambda: len([r for r in read_attempts(run_dir) if r["event"] == "start"]) == 2,
+                   60, interval=0.2, what="the restart in the allocation")
+        regrown = slurm.wait_for(lambda s: (j := s.job(job_id)) and len(j.nodes) == 3 and victim not in j.nodes
+                                 and j, 60, interval=0.3, what="the job to give back the fenced node and grow a spare")
         job = wait_finished(slurm, job_id)
     finally:
-        for node in fenced:
-            slurm.resume(node)
+        if victim:
+            slurm.resume(victim)
     assert job.state == "COMPLETED" and job.restart_count == 0
     starts = [r for r in read_attempts(run_dir) if r["event"] == "start"]
-    assert len(starts) == 3 and all(node not in starts[i + 1]["nodes"] for i, node in enumerate(fenced))
+    assert len(starts) == 2 and victim not in starts[1]["nodes"]
+    assert len(set(regrown.nodes) - set(starts[1]["nodes"].split(","))) == 1, regrown  # the new spare
     assert "grew by" in (run_dir / f"slurm-{job_id}.out").read_text()
     assert_same_losses_after_resume(run_dir, losses(baseline))
 
