@@ -46,17 +46,17 @@ def test_a_run_carried_across_two_segments_resumes_with_the_uninterrupted_losses
     jobs_dir = testbed.layout.jobs_dir
     port = free_port_block(2)  # two runs at once on one host: two rendezvous ports
     now = time.time()
-    # The first segment's job gets a 1-minute limit (what is left of the 80 s at submission,
-    # less the 20 s grace, in whole minutes: the shortest segment a 20 s grace allows);
-    # Slurm may send the limit's USR1 up to half a minute early, so it stops 20-50 s in,
-    # mid-run (90 steps take 60 s and more); the second segment, 2 s later, is long enough
-    # to finish the run.
-    segments = [{"start": now, "end": now + 80, "nodes": 2}, {"start": now + 82, "end": now + 382, "nodes": 2}]
+    # The first segment's job gets a 1-minute limit (what is left of the 70 s at submission,
+    # less the 10 s grace, in whole minutes, at least one: 70 s is the shortest segment a
+    # 10 s grace allows); Slurm may send the limit's USR1 up to half a minute early, so it
+    # stops 20-50 s in, mid-run (90 steps take 60 s and more); the second segment, 2 s
+    # later, is long enough to finish the run.
+    segments = [{"start": now, "end": now + 70, "nodes": 2}, {"start": now + 72, "end": now + 372, "nodes": 2}]
     book(slurm, PlanStore(plans_cli.state_dir), "carry", {"segments": segments})
 
     run_dir = jobs_dir / "plan-carry"
     plan = plans_cli.json("attach", "carry", RECIPE, *TINY, "trainer.step_delay=0.6",
-                          f"cluster.rdzv_port={port + 1}", "--run-dir", str(run_dir), "--grace", "20s")
+                          f"cluster.rdzv_port={port + 1}", "--run-dir", str(run_dir), "--grace", "10s")
     first, second = (s["job_id"] for s in plan["segments"])
     assert first and second and plan["run"]["run_dir"] == str(run_dir)
     assert plans_cli.json("status", "carry")["label"] == "Active (segment 1)"

@@ -86,8 +86,8 @@ def test_times_are_kept_to_the_second_but_durations_round_up_to_minutes(slurm, n
 
 def test_at_the_reservations_end_its_running_job_times_out_and_its_pending_job_is_held(
         testbed, slurm, no_reservations_left):
-    # Start and end keep their seconds (a fact below): a reservation of 25 s is enough.
-    slurm.create_reservation("short", start="now", end=format_time(time.time() + 25), node_count=2)
+    # Start and end keep their seconds (a fact below): a reservation of 15 s is enough.
+    slurm.create_reservation("short", start="now", end=format_time(time.time() + 15), node_count=2)
     resv = slurm.reservation("short")
     running = hold_nodes(slurm, testbed, 1, 10, "--reservation=short")
     wait_running(slurm, running)
