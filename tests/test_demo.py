@@ -53,7 +53,7 @@ def assert_lost_time_is_a_partition(summary: dict) -> None:
 
 def test_demo_survives_a_dying_gpu_and_its_summary_matches_the_logs():
     directory = Path(tempfile.mkdtemp(prefix="pitstop-demo-test-", dir="/tmp"))
-    out = run_demo(directory, "--steps", "30", "--fault-after", "12").stdout
+    out = run_demo(directory, "--steps", "20", "--fault-after", "12").stdout
     for text in ("FAULT 1", "agent: xid 79 gpu1 -> reboot", "pitstop: xid 79 gpu1", "end_step job",
                  "the step starts again in its allocation", "resumed from checkpoint step", "completed", "ETTR"):
         assert text in out, text
@@ -69,7 +69,7 @@ def test_demo_survives_a_dying_gpu_and_its_summary_matches_the_logs():
     for node in set(NODES) - {fault["node"]}:
         assert not fencing_actions(directory, node)
     steps = sorted({r["step"] for r in iter_progress(Path(report["run_dir"]))})
-    assert steps == list(range(1, 31)) and summary["final_step"] == 30
+    assert steps == list(range(1, 21)) and summary["final_step"] == 20
     # One restart, in the allocation: the spare took the fenced node's place, no requeue.
     progress = list(iter_progress(Path(report["run_dir"])))
     assert summary["restarts"] == 1 == max(r["attempt"] for r in progress)

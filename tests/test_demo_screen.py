@@ -41,12 +41,13 @@ def test_the_demo_on_a_terminal_shows_the_fence_and_the_resume_in_the_tui(tmp_pa
     directory = Path(tempfile.mkdtemp(prefix="pitstop-demo-tui-", dir="/tmp"))
     env = {"HOME": str(tmp_path), "TERM": "xterm-256color", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
            "PITSTOP_TESTBED_REBOOT_DELAY": "1"}
-    command = [PITSTOP, "demo", "--dir", str(directory), "--steps", "30", "--fault-after", "12"]
+    command = [PITSTOP, "demo", "--dir", str(directory), "--steps", "20", "--fault-after", "12"]
     for override in SMALL:
         command += ["--override", override]
     terminal = Terminal(f"pitstop-demo-tui-{os.getpid()}")
+    exit_file = tmp_path / "demo-exit"
     try:
-        terminal.start(env, *command)
+        terminal.start(env, *command, exit_file=exit_file)
         terminal.tmux("set-option", "-t", "tui", "remain-on-exit", "on")  # keep what it prints at the end
         terminal.wait_for("Nodes [4]", 120)
 
@@ -68,19 +69,13 @@ def test_the_demo_on_a_terminal_shows_the_fence_and_the_resume_in_the_tui(tmp_pa
         # (A restart in the allocation is quick: the run may show step 11 first, resumed
         # from its checkpoint at 10; it goes on past 12, where the fault came. A warm
         # restart trains the last steps in seconds: by now the run may have completed.)
-        resumed = screen_line(terminal, r"(RUNNING|COMPLETED)\s.*?\s(1[3-9]|2\d|30)/30\s.*\s1\s+step \d+",
+        resumed = screen_line(terminal, r"(RUNNING|COMPLETED)\s.*?\s(1[3-9]|20)/20\s.*\s1\s+step \d+",
                               240, "the job running again after one restart, past the step it was at")
         assert int(resumed.group(2)) > 12
 
         terminal.wait_for("demo done: 1/1 faults detected, 1 restart(s)", 240)
         terminal.keys("q")
-        # tmux marks the pane dead when its terminal closes and learns the exit status a
-        # moment later, when it reaps the process: wait for the status (or the signal).
-        def ended_with():
-            dead = terminal.tmux("display-message", "-p", "-t", "tui",
-                                 "#{pane_dead}:#{pane_dead_status}/#{pane_dead_signal}").strip()
-            return dead[2:] if dead.startswith("1:") and dead != "1:/" else None
-        ended = wait_until(ended_with, 60, what="the demo to exit after q, with a status or a signal")
+        ended = terminal.ended(exit_file)
         printed = terminal.screen()
         assert "ETTR" in printed and "faults detected       1" in printed and "Traceback" not in printed
         assert ended == "0/", f"the demo ended with status/signal {ended}; the screen was:\n{printed}"

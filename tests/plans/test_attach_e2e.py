@@ -21,7 +21,7 @@ from pitstop.testbed.config import free_port_block
 pytestmark = pytest.mark.slurm
 
 RECIPE = "llama3-tiny-seq256-cpu-pretrain"
-MAX_STEPS = 90
+MAX_STEPS = 80
 # Tiny and slowed down (0.6 s a step) so the first segment ends mid-run.
 TINY = ["cluster.nodes=2", f"trainer.max_steps={MAX_STEPS}", "trainer.checkpoint.interval=10",
         "model.dim=64", "model.n_layers=2", "model.ffn_dim=172", "model.n_heads=4",
@@ -49,7 +49,7 @@ def test_a_run_carried_across_two_segments_resumes_with_the_uninterrupted_losses
     # The first segment's job gets a 1-minute limit (what is left of the 70 s at submission,
     # less the 10 s grace, in whole minutes, at least one: 70 s is the shortest segment a
     # 10 s grace allows); Slurm may send the limit's USR1 up to half a minute early, so it
-    # stops 20-50 s in, mid-run (90 steps take 60 s and more); the second segment, 2 s
+    # stops 20-50 s in, mid-run (80 steps take 48 s and more); the second segment, 2 s
     # later, is long enough to finish the run.
     segments = [{"start": now, "end": now + 70, "nodes": 2}, {"start": now + 72, "end": now + 372, "nodes": 2}]
     book(slurm, PlanStore(plans_cli.state_dir), "carry", {"segments": segments})

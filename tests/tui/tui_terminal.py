@@ -12,6 +12,22 @@ from pitstop.waiting import wait_until
 
 PITSTOP = str(Path(sys.executable).parent / "pitstop")
 
+# Runs a command as its child on the same terminal and writes how it ended, "STATUS/" or
+# "/SIGNAL" (tmux's pane_dead_status/pane_dead_signal), to a file renamed into place. tmux
+# 3.3 can miss its pane's exit: the process stayed a zombie for a minute and more, the
+# pane dead with no status (once in CI, once in five runs here).
+EXIT_RECORDER = """
+import os, signal, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):  # the terminal's keys are the child's
+    signal.signal(number, signal.SIG_IGN)
+code = child.wait()
+with open(sys.argv[1] + ".tmp", "w") as out:
+    out.write(f"{code}/" if code >= 0 else f"/{-code}")
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
 
 class Terminal:
     """One tmux server of our own (-L), one 160x45 window running one command."""
@@ -29,9 +45,17 @@ class Terminal:
         believe over the terminal's real size."""
         return {k: v for k, v in os.environ.items() if k not in {"COLUMNS", "LINES"}}
 
-    def start(self, env: dict[str, str], *command: str) -> None:
+    def start(self, env: dict[str, str], *command: str, exit_file: Path | None = None) -> None:
+        """Run `command` in the window; with `exit_file`, how it ended is written there."""
         env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+        if exit_file is not None:
+            command = (sys.executable, "-c", EXIT_RECORDER, str(exit_file), *command)
         self.tmux("new-session", "-d", "-s", "tui", "-x", "160", "-y", "45", *env_args, *command)
+
+    def ended(self, exit_file: Path, timeout: float = 60.0) -> str:
+        """How the command started with `exit_file` ended: "STATUS/" or "/SIGNAL"."""
+        return wait_until(lambda: exit_file.exists() and exit_file.read_text(), timeout,
+                          what="the command to end")
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "tui")
