@@ -40,8 +40,7 @@ def test_exit_status_and_output_tail_come_back(tmp_path):
 
 def test_the_check_and_the_workers_it_starts_yield_the_cpu(tmp_path):
     """Niced, so that where nodes share a host the check does not slow a job's ranks."""
-    code = HUNG_WITH_A_CHILD
-    check = _check(tmp_path, code)
+    check = _check(tmp_path, HUNG_WITH_A_CHILD)
     check.start()
     try:
         wait_until(lambda: "started" in (tmp_path / "check.log").read_text(), 30, what="the check to start its child")
@@ -53,8 +52,7 @@ def test_the_check_and_the_workers_it_starts_yield_the_cpu(tmp_path):
 
 
 def test_a_hung_check_is_killed_with_its_children_at_the_deadline(tmp_path):
-    code = HUNG_WITH_A_CHILD
-    check = _check(tmp_path, code, timeout=1.0)
+    check = _check(tmp_path, HUNG_WITH_A_CHILD, timeout=1.0)
     check.start()
     pid = check.pid
     wait_until(lambda: "started" in (tmp_path / "check.log").read_text(), 30, what="the check to start its child")
